@@ -1,0 +1,179 @@
+"""The ``unio`` command (also ``python -m unio``).
+
+Every subcommand's arguments are declared here; the work is done by library functions,
+imported only when their subcommand runs so that ``unio --help`` stays instant. A
+:class:`~unio.errors.UnioError` is printed as one message (no traceback) with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import UnioError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_shapes(args):
+    from .data.shapes import write_preview
+    write_preview(n=args.n, out=args.out, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
+
+
+def _cmd_tokenizer(args):
+    if args.kind == "text":
+        from .tokenizers.text import TextTokenizer
+        tok = TextTokenizer.train(args.input, vocab_size=args.vocab_size, path=args.out, model_type=args.model_type)
+        print(f"wrote {args.out} ({tok.vocab_size} pieces)")
+    else:
+        from .tokenizers.image_train import main as train_image_tokenizer
+        train_image_tokenizer(args)
+
+
+def _cmd_predict(args):
+    from .predict import main as predict
+    return predict(args)
+
+
+def _cmd_train(args):
+    from .train import main as train
+    return train(args)
+
+
+def _cmd_eval(args):
+    from .evaluate import main as evaluate
+    return evaluate(args)
+
+
+def _cmd_export(args):
+    from .train import export
+    export(args.run_dir, args.out_dir, step=args.step)
+
+
+def _cmd_init(args):
+    from .pipeline import init_export
+    init_export(preset=args.preset, tokenizers=args.tokenizers, out=args.out, image_size=args.image_size,
+                patch_size=args.patch_size, seed=args.seed)
+
+
+def _cmd_demo(args):
+    from .demo import main as demo
+    return demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unio", description="Unified sequence-to-sequence vision-language models.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("predict", help="run one task on images and write predictions")
+    s.add_argument("task", help="task name (caption, vqa, classify, detect, ground, describe_region, ...)")
+    s.add_argument("images", nargs="*", help="image files")
+    s.add_argument("--model", required=True, help="export directory or shipped model name (e.g. shapes-demo)")
+    s.add_argument("--text", help="question / expression / prompt text the task needs")
+    s.add_argument("--labels", help="comma-separated label set for classify")
+    s.add_argument("--box", help="x1,y1,x2,y2 pixel box for region tasks and inpaint")
+    s.add_argument("--out", help="predictions file (.jsonl, or .json with --format coco)")
+    s.add_argument("--viz", help="folder for pictures of the predictions")
+    s.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("train", help="train under DeepSpeed from a recipe")
+    s.add_argument("recipe", help="recipe YAML (see recipes/)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted recipe key, e.g. --set train.steps=20")
+    s.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    s.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a model on a dataset, per task")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", default="shapes:1", help="shapes:SEED, or a dataset spec the training readers accept")
+    s.add_argument("--tasks", nargs="*", default=None)
+    s.add_argument("--n", type=int, default=200, help="samples per task")
+    s.add_argument("--out", help="metrics JSON")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("export", help="write an export directory (what unio.load reads) from a run")
+    s.add_argument("run_dir")
+    s.add_argument("out_dir")
+    s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("init", help="write an untrained export directory")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--tokenizers", default="tokenizers/shapes")
+    s.add_argument("--out", required=True)
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--patch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_init)
+
+    s = sub.add_parser("tokenizer", help="train a text (SentencePiece) or image (VQ) tokenizer")
+    tk = s.add_subparsers(dest="kind", metavar="KIND", required=True)
+    t = tk.add_parser("text", help="train a SentencePiece model")
+    t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files, one sentence per line")
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--out", required=True, help="output .model path")
+    t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    t = tk.add_parser("image", help="train a VQ image tokenizer")
+    t.add_argument("--data", default="shapes", help="shapes, or folder:PATH for your own images")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--quantizer", default="fsq", choices=["fsq", "vq", "lfq"])
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--eval-every", type=int, default=500)
+    t.add_argument("--device", default=None)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_tokenizer)
+
+    s = sub.add_parser("shapes", help="preview the built-in shapes world: a picture grid + annotations")
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--out", default="shapes-preview")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--max-objects", type=int, default=4)
+    s.set_defaults(func=_cmd_shapes)
+
+    s = sub.add_parser("demo", help="the shipped shapes-demo model doing every task, with a picture sheet")
+    s.add_argument("--out", default="unio-demo")
+    s.add_argument("--n", type=int, default=50, help="images per task for the metrics")
+    s.add_argument("--seed", type=int, default=1000)
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+    return f"unio {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except UnioError as exc:
+        print(f"unio {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if os.environ.get("UNIO_CLI_DEBUG"):
+        print(f"[unio] {args.command} returned {result!r}", file=sys.stderr)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

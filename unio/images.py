@@ -1,0 +1,121 @@
+"""Reading images and letterboxing them for the model.
+
+The model sees every image letterboxed to an S x S square: scaled so its long side is S and
+placed at the top-left corner, the rest filled with grey. Location tokens are normalised by the
+long side too (unio.tokenizers.locations), so a normalised coordinate means the same point in the
+original image and in the letterboxed one. :func:`unletterbox` maps a dense S x S output (mask,
+depth, generated image) back to the caller's original size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+__all__ = ["load_image", "Letterbox", "letterbox", "unletterbox", "to_pixel_values", "from_pixel_values",
+           "FILL"]
+
+FILL = (127, 127, 127)
+
+
+def load_image(image) -> Image.Image:
+    """PIL image, numpy array (H, W), (H, W, 3|4) uint8 or float in [0, 1], or a path -> RGB PIL."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"image file {path} does not exist; check the path")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageError(f"could not read {path} as an image ({exc}); pass a PNG/JPEG/... file") from None
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+            image = np.moveaxis(image, 0, -1)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+            raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            arr = arr.astype(np.float64)
+            if not np.isfinite(arr).all():
+                raise ImageError("the image array contains NaN or infinite values")
+            if arr.max(initial=0) <= 1.0:
+                arr = arr * 255.0
+            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    raise ImageError(f"cannot use a {type(image).__name__} as an image; pass a PIL image, a numpy array "
+                     "(H, W[, 3]) or a file path")
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an original W x H image sits in the S x S square the model sees."""
+
+    width: int   # original size
+    height: int
+    size: int    # S
+
+    @property
+    def scale(self) -> float:
+        return self.size / max(self.width, self.height)
+
+    @property
+    def content(self) -> tuple[int, int]:
+        """(w, h) of the scaled image inside the square (top-left aligned)."""
+        s = self.scale
+        return max(1, round(self.width * s)), max(1, round(self.height * s))
+
+
+def letterbox(image, size: int, resample=Image.BICUBIC) -> tuple[Image.Image, Letterbox]:
+    img = load_image(image)
+    info = Letterbox(img.width, img.height, int(size))
+    w, h = info.content
+    canvas = Image.new("RGB", (size, size), FILL)
+    canvas.paste(img if (w, h) == img.size else img.resize((w, h), resample), (0, 0))
+    return canvas, info
+
+
+def unletterbox(dense, info: Letterbox, resample=Image.BILINEAR):
+    """Crop the content region of an S x S output and resize it to the original W x H.
+
+    Accepts a PIL image or a numpy array (S, S[, C]); returns the same kind.
+    """
+    w, h = info.content
+    if isinstance(dense, Image.Image):
+        return dense.crop((0, 0, w, h)).resize((info.width, info.height), resample)
+    arr = np.asarray(dense)
+    crop = arr[:h, :w]
+    if arr.dtype == bool:
+        out = Image.fromarray(crop.astype(np.uint8) * 255).resize((info.width, info.height), Image.NEAREST)
+        return np.asarray(out) > 127
+    chans = [crop] if crop.ndim == 2 else [crop[..., c] for c in range(crop.shape[-1])]
+    resized = [np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((info.width, info.height), resample))
+               for c in chans]
+    out = resized[0] if crop.ndim == 2 else np.stack(resized, -1)
+    return out.astype(arr.dtype if arr.dtype.kind == "f" else np.float32)
+
+
+def to_pixel_values(images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
+    """Square RGB PIL images -> float tensor (B, 3, S, S) normalised to [-1, 1]."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    arr = np.stack([np.asarray(load_image(im), dtype=np.float32) for im in images])  # (B, S, S, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
+
+
+def from_pixel_values(pixels: torch.Tensor) -> list[Image.Image]:
+    """Inverse of :func:`to_pixel_values`."""
+    arr = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arr]

@@ -1,0 +1,26 @@
+"""Where the data shipped with unio lives: prompts/, tokenizers/, recipes/, models/.
+
+In a source checkout (editable install) these are the top-level folders of the repository;
+in a wheel they are packaged under ``unio/_data/`` (see pyproject.toml, hatch force-include).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .errors import UnioError
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_path(*parts: str) -> Path:
+    """Path of a shipped data file or folder, e.g. ``data_path("tokenizers", "shapes")``."""
+    packaged = Path(str(resources.files("unio"))) / "_data"
+    for root in (packaged, _REPO_ROOT):
+        candidate = root.joinpath(*parts)
+        if candidate.exists():
+            return candidate
+    raise UnioError(
+        f"shipped data {'/'.join(parts)!r} was not found under {packaged} or {_REPO_ROOT}; "
+        "reinstall unio (pip install .) or run from a complete source checkout"
+    )
