@@ -75,7 +75,8 @@ class UnifiedVocab:
                 "bos_id": int(text_tokenizer.bos_id),
                 "unk_id": int(getattr(text_tokenizer, "unk_id", -1)),
                 "text_sha256": text_tokenizer.sha256,
-                "image_fingerprint": getattr(image_tokenizer, "fingerprint", None) if image_tokenizer else None,
+                "image_fingerprint": (getattr(image_tokenizer, "fingerprint", None)
+                                      if image_tokenizer is not None else None),
             }
         L = self._layout
         T, B, K = L["text_size"], L["num_bins"], L["codebook_size"]
@@ -235,7 +236,9 @@ class UnifiedVocab:
         if "fingerprint" in data and data["fingerprint"] != vocab.fingerprint:
             raise VocabMismatchError("vocabulary description is corrupt: its fingerprint does not match its layout")
         if text_tokenizer is not None:
-            built = cls(text_tokenizer, layout["num_bins"], layout["codebook_size"], image_tokenizer=image_tokenizer,
+            # the image tokenizer brings its own codebook size; check() then names any difference
+            codebook = layout["codebook_size"] if image_tokenizer is None else None
+            built = cls(text_tokenizer, layout["num_bins"], codebook, image_tokenizer=image_tokenizer,
                         pad_multiple=layout["pad_multiple"])
             vocab.check(built, what="the tokenizers supplied")
             return built

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import sentencepiece as spm
-import torch
 
 from ..errors import TokenizerError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["TextTokenizer"]
 
@@ -59,7 +61,7 @@ class TextTokenizer:
         vocab_size: int,
         path: str | Path,
         *,
-        model_type: str = "unigram",
+        model_type: str = "bpe",
         user_defined_symbols: Sequence[str] = (),
         max_sentences: int = 2_000_000,
     ) -> "TextTokenizer":
@@ -68,7 +70,7 @@ class TextTokenizer:
         ``texts_or_files`` is an iterable of strings, or of paths of UTF-8 text files (one
         sentence per line), or a single such path.
         """
-        if isinstance(texts_or_files, (str, Path)) and Path(texts_or_files).is_file():
+        if isinstance(texts_or_files, (str, Path)):  # one text or one file, never its characters
             texts_or_files = [texts_or_files]
         sentences = list(_iter_sentences(texts_or_files, max_sentences))
         if not sentences:
@@ -172,6 +174,8 @@ class TextTokenizer:
         pad_to_multiple_of: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode and right-pad: ``{"input_ids": (B, L), "attention_mask": (B, L)}`` long tensors."""
+        import torch  # here, so that training a tokenizer from the CLI does not load torch
+
         seqs = [self.encode(t, add_eos=add_eos) for t in texts]
         if max_length is not None:
             seqs = [s[:max_length] for s in seqs]
@@ -193,11 +197,40 @@ class TextTokenizer:
         return f"TextTokenizer(vocab_size={self.vocab_size}, path={str(self.path) if self.path else None!r})"
 
 
+_TEXT_SUFFIXES = {".txt", ".text", ".jsonl", ".tsv", ".csv"}
+
+
+def _is_file(item: str) -> bool:
+    try:
+        return "\n" not in item and len(item) < 4096 and Path(item).is_file()
+    except (OSError, ValueError):  # name too long, NUL byte: a sentence, not a path
+        return False
+
+
+def _is_dir(item) -> bool:
+    try:
+        if isinstance(item, str) and ("\n" in item or len(item) >= 4096):
+            return False
+        return Path(item).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _iter_sentences(items, limit: int):
     count = 0
     for item in items:
-        if isinstance(item, Path) or (isinstance(item, str) and "\n" not in item and len(item) < 4096
-                                      and Path(item).suffix in {".txt", ".jsonl", ".text"} and Path(item).is_file()):
+        if not isinstance(item, (str, Path)):
+            raise TokenizerError(f"training items must be strings or text-file paths, got {type(item).__name__}")
+        if _is_dir(item):
+            raise TokenizerError(f"{item} is a directory; pass the text files in it (e.g. {item}/*.txt)")
+        if isinstance(item, str) and not _is_file(item) and not any(c.isspace() for c in item) \
+                and Path(item).suffix in _TEXT_SUFFIXES:
+            # A lone "name.txt" is far likelier a mistyped path than a training sentence.
+            raise TokenizerError(f"training text file {item} does not exist; check the path "
+                                 "(files are UTF-8, one sentence per line)")
+        if isinstance(item, Path) or _is_file(item):
+            if not Path(item).is_file():
+                raise TokenizerError(f"training text file {item} does not exist; check the path")
             try:
                 lines = Path(item).read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
