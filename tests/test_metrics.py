@@ -297,3 +297,10 @@ def test_psnr():
         psnr(x, y, mask=np.zeros((2, 2), bool))
     with pytest.raises(InputError, match="differs from target shape"):
         psnr(np.zeros((2, 2)), np.zeros((3, 2)))
+
+
+def test_vqa_accuracy_with_fewer_than_ten_answers():
+    from unio.metrics import vqa_accuracy
+    assert vqa_accuracy("yes", ["yes"]) == 1.0      # one reference acts as exact match
+    assert vqa_accuracy("no", ["yes"]) == 0.0
+    assert vqa_accuracy("2", ["2", "2", "3"]) == pytest.approx(2 / 3)

@@ -1,0 +1,93 @@
+"""`unio demo`: the sheet and the metrics of one model on every task (a tiny untrained model here;
+the shipped shapes-demo model when it is installed)."""
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from unio import cli
+from unio.resources import data_path
+
+TASKS = {"caption", "vqa", "classify", "detect", "ground", "describe_region", "classify_region", "segment", "depth",
+         "generate_image", "inpaint"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """An untrained export: the shipped text tokenizer, a tiny untrained VQ tokenizer, a tiny network."""
+    from unio.pipeline import init_export
+    from unio.tasks import shapes_classes
+    from unio.tokenizers.image import ImageTokenizer
+    root = tmp_path_factory.mktemp("demo-model")
+    tok = root / "tokenizers"
+    tok.mkdir()
+    shutil.copy(data_path("tokenizers", "shapes") / "text.model", tok / "text.model")
+    torch.manual_seed(0)
+    ImageTokenizer(channels=(8, 8, 16), levels=(5, 5, 5)).save(tok / "image")
+    return init_export("tiny", tokenizers=tok, out=root / "model", classes=shapes_classes(), quiet=True,
+                       d_model=64, encoder_layers=1, decoder_layers=1, num_heads=1)
+
+
+def test_demo_writes_sheet_and_metrics(model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--model", str(model_dir), "--out", str(out), "--n", "2", "--seed", "1000"]) == 0
+    printed = capsys.readouterr().out
+    for task in TASKS:
+        assert f"\n{task} " in printed or printed.startswith(f"{task} ")
+    assert "truth (one example)" in printed and "map50" in printed and "wrote" in printed
+    with Image.open(out / "demo.png") as sheet:
+        assert sheet.mode == "RGB" and sheet.width >= 4 * 192 and sheet.height >= 4 * 192
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == TASKS | {"run"}
+    assert metrics["run"]["data"] == "shapes:1000" and metrics["run"]["model"] == str(model_dir)
+    assert metrics["caption"]["n"] == 2 and metrics["depth"]["n"] == 1  # image-output tasks get n // 5 (>= 1)
+    assert isinstance(metrics["generate_image"]["consistency"], float)
+
+
+def test_demo_without_the_shipped_model(monkeypatch, tmp_path, capsys):
+    import unio.pipeline
+    monkeypatch.setattr(unio.pipeline, "list_models", lambda: [])
+    assert cli.main(["demo", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "shapes-demo model is not installed" in err and "unio demo --model DIR" in err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "--n must be a positive number"),
+    (["--seed", "-3"], "--seed must be an integer >= 0"),
+])
+def test_demo_bad_arguments(model_dir, tmp_path, capsys, argv, message):
+    assert cli.main(["demo", "--model", str(model_dir), "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_demo_out_is_a_file(model_dir, tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    assert cli.main(["demo", "--model", str(model_dir), "--out", str(tmp_path / "f")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_demo_missing_model_dir(tmp_path, capsys):
+    assert cli.main(["demo", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "neither an export directory nor a shipped model" in err and "Traceback" not in err
+
+
+def test_shipped_demo_model(tmp_path, capsys):
+    from unio.pipeline import list_models
+    if "shapes-demo" not in list_models():
+        pytest.skip("the shapes-demo model is not shipped in this checkout")
+    assert cli.main(["demo", "--out", str(tmp_path), "--n", "5"]) == 0
+    assert (tmp_path / "demo.png").is_file() and (tmp_path / "metrics.json").is_file()

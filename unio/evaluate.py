@@ -1,0 +1,531 @@
+"""Evaluation of one model on one dataset, task by task: ``unio eval`` and :func:`evaluate`.
+
+    >>> from unio.evaluate import evaluate
+    >>> results = evaluate("path/to/export", "shapes:1", tasks=["caption", "detect"], n=200)
+    >>> results["detect"]["map50"], results["caption"]["exact_match"]
+
+Each task runs the same path: held-out samples -> ``task.build(sample, ctx, rng=None)`` (the
+canonical prompt and the ground truth in ``example.meta``) -> batched generation through the
+pipeline (``Pipeline.run``, the path users get) -> ``task.parse`` (inside the pipeline) ->
+``task.metric`` plus what the task metric leaves out:
+
+============== ==========================================================================
+caption        ``bleu4``, ``cider`` (CIDEr-D), ``exact_match`` (any reference)
+vqa            ``accuracy``: the VQAv2 rule where a question has 10 human answers, exact match
+               (after VQA answer normalisation) where it has fewer (shapes, GQA-style data:
+               the VQAv2 rule cannot reach 1 with fewer than 4 answers); ``exact_match``
+classify       ``accuracy`` (constrained to the model's class list)
+detect         ``map`` (COCO mAP@[.5:.95]), ``map50``, ``map75`` through pycocotools, with the
+               model's own scores (the probability of each box's label)
+ground         ``acc50`` (IoU >= 0.5), ``mean_iou``
+describe_region ``cider``, ``bleu4``, ``exact_match`` (references: the object's referring
+               expressions and its label)
+classify_region ``accuracy``
+segment        ``miou`` (mean over expressions of the mask IoU)
+depth          ``absrel``, ``rmse``, ``delta1`` over the pixels named by ``pixels``: ``"objects"``
+               (the union of the object masks) where the sample has masks, since the background
+               would dominate an all-pixel mean; ``absrel_all`` over every valid pixel
+inpaint        ``psnr`` inside the box against the original image
+generate_image ``consistency`` and ``object_recall`` (see :func:`consistency`)
+============== ==========================================================================
+
+Every task entry also has ``n`` (examples scored) and ``seconds`` (building, generation and
+scoring; for generate_image also the detector runs). Determinism: samples are
+chosen by index, items within a sample (which question, which expression, which object) by a
+generator seeded with (seed, sample index, task), image sampling by ``seed``; the same model,
+data spec, seed and batch size give the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, InputError, TaskError, UnioError
+
+__all__ = ["evaluate", "parse_data_spec", "open_data", "consistency", "format_table", "write_json", "set_threads",
+           "main", "DEFAULT_N", "CONSISTENCY_THRESHOLD"]
+
+DEFAULT_N = 200
+CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its detection scores at least this
+_INPUT_KEYS = {"region": "box"}  # prompt placeholder -> the Pipeline.run input (and example.meta key) it comes from
+_VQA_HUMANS = 10              # the VQAv2 rule needs the 10 human answers of VQAv2
+
+
+# ---------------------------------------------------------------------- data specs
+def _value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_data_spec(spec) -> dict:
+    """A data spec -> a data entry as recipes write it (what ``open_source`` reads).
+
+    Accepted:
+
+    - ``shapes:SEED`` (the held-out shapes world; training recipes use seed 0), optionally with
+      options: ``shapes:7,image_size=96,max_objects=6``;
+    - a JSONL manifest path (``eval.jsonl``, read by the training reader ``JsonlSource``);
+    - ``SOURCE:VALUE,key=value,...`` for any reader of :mod:`unio.data.formats`: the bare VALUE
+      fills the reader's one required key (``classes:DIR``, ``jsonl:PATH,root=DIR``), the others
+      are named (``coco:images=DIR,instances=FILE``, ``vqa:images=...,questions=...,annotations=...``);
+    - a YAML or JSON file holding one data entry (``{source: coco, images: ..., n: 500}``) or a
+      recipe, whose single ``data.eval`` entry is used;
+    - a dict (a data entry itself).
+    """
+    from .data.formats import SOURCES, source_keys
+    if isinstance(spec, dict):
+        if "source" not in spec:
+            raise DataError(f"data entry {spec} has no 'source'; use one of {sorted(SOURCES)}")
+        return dict(spec)
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != 1:
+            raise DataError(f"evaluate reads one data source at a time, got {len(spec)} entries; "
+                            "evaluate them one by one")
+        return parse_data_spec(spec[0])
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise DataError(f"the data spec must be a string such as 'shapes:1' or 'eval.jsonl', got {spec!r}")
+    text = str(spec).strip()
+    name, sep, rest = text.partition(":")
+    suffix = Path(text).suffix.lower()
+    if not (sep and name in SOURCES) and suffix == ".jsonl":
+        return {"source": "jsonl", "path": text}
+    if not (sep and name in SOURCES) and suffix in (".yaml", ".yml", ".json"):
+        return _spec_file(Path(text))
+    if not sep or name not in SOURCES:
+        raise DataError(f"cannot read the data spec {text!r}; use shapes:SEED (e.g. shapes:1), a .jsonl manifest, "
+                        f"a .yaml data entry, or SOURCE:VALUE,key=value with SOURCE one of {sorted(SOURCES)}")
+    required = source_keys(name)[0]
+    entry: dict[str, Any] = {"source": name}
+    for k, part in enumerate(p.strip() for p in rest.split(",")):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if eq:
+            entry[key.strip()] = _value(value.strip())
+            continue
+        positional = "seed" if name == "shapes" else (required[0] if len(required) == 1 else None)
+        if k != 0 or positional is None:
+            raise DataError(f"in the data spec {text!r}, {part!r} needs a key (key=value); the {name} source takes "
+                            f"{', '.join(required) or 'options'} as key=value")
+        entry[positional] = _value(part) if positional == "seed" else part
+    if name == "shapes":
+        entry.setdefault("seed", 1)
+        if not isinstance(entry["seed"], int) or isinstance(entry["seed"], bool) or entry["seed"] < 0:
+            raise DataError(f"the shapes seed in {text!r} must be an integer >= 0, e.g. shapes:1")
+    return entry
+
+
+def _spec_file(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"data spec file {path} does not exist; give a data entry file, a .jsonl manifest or "
+                        "shapes:SEED")
+    try:
+        import yaml
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError
+        raise DataError(f"could not read the data spec file {path}: {exc}") from None
+    if isinstance(data, dict) and "source" not in data and isinstance(data.get("data"), dict):
+        evals = data["data"].get("eval")
+        if not evals:
+            raise DataError(f"the recipe {path} has no data.eval entry to evaluate on")
+        return parse_data_spec(evals)
+    if isinstance(data, (dict, list)):
+        return parse_data_spec(data)
+    raise DataError(f"{path} holds no data entry; write e.g. {{source: jsonl, path: eval.jsonl}}")
+
+
+def open_data(spec):
+    """(source, entry): the opened reader for a data spec (see :func:`parse_data_spec`)."""
+    from .data.formats import open_source
+    entry = parse_data_spec(spec)
+    return open_source(entry), entry
+
+
+def _spec_text(spec, entry: dict) -> str:
+    return spec if isinstance(spec, str) else json.dumps(entry, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------- examples
+def _rng(seed: int, index: int, task: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(index), zlib.crc32(task.encode())])
+
+
+def _one_item(task: str, sample: dict, index: int, seed: int) -> dict:
+    """The sample narrowed to one question / expression / object, chosen by a seeded generator.
+
+    Building with ``rng=None`` takes the first item of each list; without this, every VQA example
+    would be the sample's first question (in the shapes world always "how many objects").
+    """
+    rng = _rng(seed, index, task)
+    if task == "vqa" and sample.get("qa"):
+        return {**sample, "qa": [sample["qa"][int(rng.integers(len(sample["qa"])))]]}
+    if task in ("ground", "segment") and sample.get("refexps"):
+        refs = sample["refexps"]
+        if task == "segment":
+            objects = sample.get("objects") or []
+            refs = [r for r in refs if 0 <= int(r[1]) < len(objects) and objects[int(r[1])].get("mask") is not None]
+            if not refs:
+                return {**sample, "refexps": []}
+        return {**sample, "refexps": [refs[int(rng.integers(len(refs)))]]}
+    if task in ("describe_region", "classify_region", "inpaint") and sample.get("objects"):
+        k = int(rng.integers(len(sample["objects"])))
+        refexps = [(e, 0) for e, i in sample.get("refexps") or [] if int(i) == k]
+        return {**sample, "objects": [sample["objects"][k]], "refexps": refexps}
+    return sample
+
+
+class _Samples:
+    """Samples of a source by index, read once and shared by every task."""
+
+    def __init__(self, source):
+        self.source, self.cache = source, {}
+        self.endless = bool(getattr(source, "endless", False))
+
+    def scan_limit(self, n: int) -> int:
+        return 20 * n + 100 if self.endless else len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self.cache:
+            self.cache[i] = self.source[i]
+        return self.cache[i]
+
+
+def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list, int]:
+    """Up to ``n`` (example, sample) pairs with ground truth; and how many samples were unusable."""
+    examples, used, skipped = [], [], 0
+    for i in range(samples.scan_limit(n)):
+        if len(examples) >= n:
+            break
+        sample = _one_item(task.name, samples[i], i, seed)
+        if not task.can_build(sample):
+            continue
+        try:
+            ex = task.build(sample, ctx, None)
+        except TaskError:  # the task cannot run at all: the caller decides
+            raise
+        except UnioError:  # one bad annotation (e.g. a degenerate box) must not stop the evaluation
+            skipped += 1
+            continue
+        if not ex.labels:  # no ground truth for this task in the sample
+            continue
+        examples.append(ex)
+        used.append(sample)
+    return examples, used, skipped
+
+
+# ---------------------------------------------------------------------- generation
+def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None) -> list:
+    """Predictions for prepared examples through ``Pipeline.run`` (which builds, generates, parses)."""
+    from .images import load_image
+    from .tasks.classify import Classify
+    from .tasks.image_gen import ImageTask
+    keys = sorted(_INPUT_KEYS.get(p, p) for p in task.placeholders)
+    options: dict[str, Any] = {}
+    if isinstance(task, Classify) and not pipe.ctx.class_list(task.kind):
+        truth = sorted({e.meta["label"] for e in examples if e.meta.get("label")})
+        options["labels"] = truth  # no class list in the model: choose among the labels of the data
+    out = []
+    for c, start in enumerate(range(0, len(examples), batch_size)):
+        chunk = examples[start:start + batch_size]
+        inputs = {k: [e.meta[k] for e in chunk] for k in keys}
+        if isinstance(task, ImageTask):
+            inputs["seed"] = int(seed) * 100003 + c  # a fixed generator per batch: reproducible sampling
+        images = None if not task.needs_image else [load_image(s["image"]) for s in samples[start:start + len(chunk)]]
+        result = pipe.run(task.name, images, batch_size=len(chunk), **inputs, **options)
+        out.extend(result if isinstance(result, list) else [result])
+        if bar is not None:
+            bar.update(len(chunk))
+    return out
+
+
+# ---------------------------------------------------------------------- metrics
+def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
+                threshold: float = CONSISTENCY_THRESHOLD) -> dict[str, float]:
+    """Text-to-image consistency: the model's own detector run on the images it generated.
+
+    ``requested[i]`` are the object labels the text of image ``i`` asked for (with repeats). A
+    requested object is *found* when a detection with that label and score >= ``threshold`` is
+    left to match it (each detection matches one object). Returns
+
+    - ``consistency``: the fraction of images in which every requested object is found (the
+      all-or-nothing rule of object-focused benchmarks such as GenEval, Ghosh et al., 2023);
+    - ``object_recall``: the mean over images of the fraction of requested objects found.
+
+    Images that request nothing are left out; both are NaN when none is left.
+    """
+    keep = [k for k, r in enumerate(requested) if r]
+    if not keep:
+        return {"consistency": float("nan"), "object_recall": float("nan"), "threshold": float(threshold)}
+    detections = []
+    for start in range(0, len(keep), batch_size):
+        chunk = [images[k] for k in keep[start:start + batch_size]]
+        detections.extend(pipe.run("detect", chunk, batch_size=len(chunk)))
+    complete, recall = [], []
+    for k, dets in zip(keep, detections):
+        want = Counter(requested[k])
+        have = Counter(d.label for d in dets if d.score >= threshold)
+        found = sum(min(c, have[label]) for label, c in want.items())
+        complete.append(found == sum(want.values()))
+        recall.append(found / sum(want.values()))
+    return {"consistency": float(np.mean(complete)), "object_recall": float(np.mean(recall)),
+            "threshold": float(threshold)}
+
+
+def _requested(example, sample) -> list[str]:
+    """Labels of the sample's objects that the generation text names as whole words (shapes
+    captions name every object by its label)."""
+    text = str(example.meta.get("text", "")).lower()
+    named = lambda label: re.search(rf"\b{re.escape(label.lower())}\b", text) is not None  # noqa: E731
+    return [str(o["label"]) for o in sample.get("objects") or [] if o.get("label") and named(str(o["label"]))]
+
+
+def _vqa_scores(predictions, examples) -> dict[str, float]:
+    from .metrics import normalize_answer, vqa_accuracy
+    acc, em = [], []
+    for p, e in zip(predictions, examples):
+        answers = list(e.meta.get("answers") or [])
+        match = normalize_answer(p) in {normalize_answer(a) for a in answers}
+        em.append(match)
+        acc.append(vqa_accuracy(p, answers) if len(answers) >= _VQA_HUMANS else float(match))
+    return {"accuracy": float(np.mean(acc)), "exact_match": float(np.mean(em))}
+
+
+def _depth_scores(predictions, examples, samples) -> dict:
+    from .metrics import depth_metrics
+    masks, n_objects = [], 0
+    for s in samples:
+        obj_masks = [np.asarray(o["mask"], dtype=bool) for o in s.get("objects") or [] if o.get("mask") is not None]
+        union = np.logical_or.reduce(obj_masks) if obj_masks else None
+        if union is not None and not union.any():
+            union = None
+        n_objects += union is not None
+        masks.append(union)
+    truth = [e.meta["depth"] for e in examples]
+    out: dict[str, Any] = depth_metrics(predictions, truth, masks)
+    out["pixels"] = ("objects" if n_objects == len(samples) else "all" if n_objects == 0
+                     else "objects where masked, else all")
+    out["absrel_all"] = depth_metrics(predictions, truth)["absrel"]
+    return out
+
+
+def _score(pipe, task, predictions, examples, samples, batch_size: int) -> dict:
+    from .metrics import box_iou, exact_match
+    name = task.name
+    if name == "vqa":
+        return _vqa_scores(predictions, examples)
+    if name == "depth":
+        return _depth_scores(predictions, examples, samples)
+    if name == "generate_image":
+        requested = [_requested(e, s) for e, s in zip(examples, samples)]
+        return consistency(pipe, predictions, requested, batch_size)
+    metrics = dict(task.metric(predictions, examples))
+    if name in ("caption", "describe_region"):
+        metrics["exact_match"] = exact_match(predictions, [e.meta["references"] for e in examples])
+    if name == "ground":
+        metrics = {"acc50": metrics.pop("grounding_acc"), **metrics}
+        ious = [box_iou(np.ravel(tuple(p)), np.ravel(e.meta["box"])) if p is not None else 0.0
+                for p, e in zip(predictions, examples)]
+        metrics["mean_iou"] = float(np.mean(ious))
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------- the whole evaluation
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+    try:
+        from importlib.metadata import version
+        coco = version("pycocotools")
+    except Exception:
+        coco = None
+    return {"unio": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__, "pycocotools": coco, "python": platform.python_version()}
+
+
+def _task_list(pipe, tasks) -> tuple[list, bool, dict]:
+    """(tasks to run, whether they were named, {task left out: why})."""
+    from .tasks import TASKS, get_task
+    from .tasks.dense import DenseTask
+    from .tasks.image_gen import ImageTask
+    explicit = tasks is not None
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.replace(",", " ").split() if t]
+    names = list(tasks) if explicit else [t for t in TASKS if t in pipe.tasks]
+    if explicit and not names:
+        raise TaskError(f"no task given; choose among {', '.join(TASKS)}")
+    out, skipped = [], {}
+    for name in dict.fromkeys(names):
+        task = get_task(name)  # TaskError listing the known tasks
+        problem = None
+        if name not in pipe.tasks:
+            problem = (f"the model has no prompt for task {name!r} (its tasks: {', '.join(pipe.tasks)}); "
+                       "evaluate one of those")
+        elif isinstance(task, (DenseTask, ImageTask)) and pipe.ctx.image_tokenizer is None:
+            problem = (f"task {name!r} writes image codes but the model has no image tokenizer; evaluate it on a "
+                       "model exported with one (image/ in the export directory)")
+        if problem and explicit:
+            raise TaskError(problem)
+        if problem:
+            skipped[name] = problem
+        else:
+            out.append(task)
+    return out, explicit, skipped
+
+
+def _n_for(n, name: str) -> int:
+    value = n.get(name, n.get("default", DEFAULT_N)) if isinstance(n, dict) else n
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"n (examples per task) must be a positive integer, got {value!r} for {name}")
+    return int(value)
+
+
+def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 32, *, device=None, seed: int = 0,
+             progress: bool = True, return_details: bool = False):
+    """Evaluate ``model`` (an export directory, a shipped model name or a :class:`~unio.Pipeline`)
+    on ``data`` (see :func:`parse_data_spec`), task by task.
+
+    ``tasks``: names (default: every task the model has a prompt for; tasks the data or model
+    cannot serve, e.g. depth on a caption dataset, are then left out and listed under
+    ``run.skipped_tasks``; named explicitly they raise). ``n``: examples per task, an int or a
+    dict ``{task: n, "default": n}``. Returns ``{task: {metric: value, "n", "seconds"}, "run":
+    {...}}`` (NaN where a metric is undefined, e.g. mAP without ground-truth boxes); with
+    ``return_details`` also ``{task: (examples, samples, predictions)}``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .pipeline import Pipeline, load
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for value in (n.values() if isinstance(n, dict) else [n]):
+        _n_for(value, "every task")
+    if tasks is not None:  # unknown names fail before the (slower) model load
+        from .tasks import get_task
+        for name in ([t for t in tasks.replace(",", " ").split()] if isinstance(tasks, str) else tasks):
+            get_task(name)
+    source, entry = open_data(data)  # input errors before the (slower) model load
+    pipe = model if isinstance(model, Pipeline) else load(model, device=device, batch_size=batch_size)
+    task_objs, explicit, skipped_tasks = _task_list(pipe, tasks)
+    samples = _Samples(source)
+    results: dict[str, Any] = {}
+    details: dict[str, tuple] = {}
+    start_all = time.perf_counter()
+    for task in task_objs:
+        count = _n_for(n, task.name)
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        try:
+            examples, used, bad = _build(task, pipe.ctx, samples, count, seed)
+        except TaskError as exc:  # e.g. an image task without an image tokenizer in the model
+            if explicit:
+                raise TaskError(f"cannot evaluate {task.name}: {exc}") from None
+            skipped_tasks[task.name] = str(exc)
+            continue
+        if not examples:
+            reason = f"the data has no sample with what {task.name} needs (its ground truth)"
+            if explicit:
+                raise DataError(f"{reason}; choose other tasks or another dataset")
+            skipped_tasks[task.name] = reason
+            continue
+        with tqdm(total=len(examples), desc=f"{task.name:<16}", disable=not progress, leave=False) as bar:
+            predictions = _predict(pipe, task, examples, used, batch_size, seed, bar)
+        metrics = _score(pipe, task, predictions, examples, used, batch_size)
+        metrics.update(n=len(examples), seconds=round(time.perf_counter() - start, 3))
+        if bad:
+            metrics["bad_samples"] = bad
+        results[task.name] = metrics
+        details[task.name] = (examples, used, predictions)
+    results["run"] = {
+        "model": str(model) if not isinstance(model, Pipeline) else str(pipe.meta.get("path", "<Pipeline>")),
+        "data": _spec_text(data, entry), "data_entry": entry, "tasks": list(results), "seed": int(seed),
+        "batch_size": int(batch_size), "n": n if isinstance(n, int) else dict(n), "device": str(pipe.device),
+        "model_info": {k: pipe.meta[k] for k in ("preset", "trained", "step", "vocab_fingerprint") if k in pipe.meta},
+        "versions": _versions(), "seconds": round(time.perf_counter() - start_all, 3),
+        "skipped_tasks": skipped_tasks,
+    }
+    return (results, details) if return_details else results
+
+
+# ---------------------------------------------------------------------- output
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}" if abs(v) < 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def format_table(results: dict) -> str:
+    """The metrics as a plain-text table, one row per task."""
+    rows = [("task", "n", "seconds", "metrics")]
+    for name, m in results.items():
+        if name == "run" or not isinstance(m, dict):
+            continue
+        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in m.items() if k not in ("n", "seconds"))
+        rows.append((name, str(m.get("n", "")), f"{float(m.get('seconds', float('nan'))):.1f}", shown))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
+    skipped = (results.get("run") or {}).get("skipped_tasks") or {}
+    lines += [f"(skipped {k}: {v})" for k, v in skipped.items()]
+    return "\n".join(lines)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None  # strict JSON has no NaN: null = undefined
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_json(results: dict, path) -> Path:
+    """Write ``results`` as strict JSON (NaN and infinity become null)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def set_threads(threads) -> None:
+    """Set torch's CPU threads from a command-line value (None: leave torch's choice)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"--threads must be a positive integer, got {threads!r}")
+    import torch
+    torch.set_num_threads(threads)
+
+
+def main(args) -> int:
+    """``unio eval --model DIR --data SPEC [--tasks ...] [--n N] [--out metrics.json]``."""
+    set_threads(getattr(args, "threads", None))
+    tasks = None
+    if args.tasks:
+        tasks = [t for item in args.tasks for t in item.replace(",", " ").split()]
+    results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
+                       device=args.device, seed=getattr(args, "seed", 0))
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {write_json(results, args.out)}")
+    return 0
