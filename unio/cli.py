@@ -16,14 +16,22 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_shapes(args):
+    if args.texts:
+        from .data.shapes import write_text_corpus
+        lines = write_text_corpus(args.texts, n=args.n, seed=args.seed, prompt_files=args.prompts)
+        print(f"wrote {args.texts} ({lines} lines: the texts of {args.n} samples"
+              + (f" and the templates of {len(args.prompts)} prompt files)" if args.prompts else ")"))
+        return
     from .data.shapes import write_preview
     write_preview(n=args.n, out=args.out, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
 
 
 def _cmd_tokenizer(args):
     if args.kind == "text":
+        from pathlib import Path
+
         from .tokenizers.text import TextTokenizer
-        tok = TextTokenizer.train(args.input, vocab_size=args.vocab_size, path=args.out, model_type=args.model_type)
+        tok = TextTokenizer.train([Path(p) for p in args.input], vocab_size=args.vocab_size, path=args.out, model_type=args.model_type)
         print(f"wrote {args.out} ({tok.vocab_size} pieces)")
     else:
         from .tokenizers.image_train import main as train_image_tokenizer
@@ -33,6 +41,22 @@ def _cmd_tokenizer(args):
 def _cmd_predict(args):
     from .predict import main as predict
     return predict(args)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets image files follow options (`unio predict detect --model DIR a.jpg b.jpg`): plain
+    argparse binds a ``nargs="*"`` positional before the options and then rejects later files."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def _cmd_train(args):
@@ -53,7 +77,7 @@ def _cmd_export(args):
 def _cmd_init(args):
     from .pipeline import init_export
     init_export(preset=args.preset, tokenizers=args.tokenizers, out=args.out, image_size=args.image_size,
-                patch_size=args.patch_size, seed=args.seed)
+                patch_size=args.patch_size, seed=args.seed, num_bins=args.num_bins)
 
 
 def _cmd_demo(args):
@@ -64,9 +88,12 @@ def _cmd_demo(args):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unio", description="Unified sequence-to-sequence vision-language models.")
     p.add_argument("--version", action="version", version=_version())
+    # the deepspeed launcher puts --local_rank before the subcommand (`python -m unio --local_rank=0 train ...`)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("predict", help="run one task on images and write predictions")
+    s.__class__ = _IntermixedParser
     s.add_argument("task", help="task name (caption, vqa, classify, detect, ground, describe_region, ...)")
     s.add_argument("images", nargs="*", help="image files")
     s.add_argument("--model", required=True, help="export directory or shipped model name (e.g. shapes-demo)")
@@ -89,13 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a model on a dataset, per task")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", default="shapes:1", help="shapes:SEED, or a dataset spec the training readers accept")
-    s.add_argument("--tasks", nargs="*", default=None)
+    s.add_argument("--model", required=True, help="export directory or shipped model name (e.g. shapes-demo)")
+    s.add_argument("--data", default="shapes:1", help="shapes:SEED, a .jsonl manifest, a .yaml data entry or recipe, "
+                   "or SOURCE:VALUE,key=value (e.g. coco:images=DIR,instances=FILE)")
+    s.add_argument("--tasks", nargs="*", default=None, help="task names (default: every task of the model)")
     s.add_argument("--n", type=int, default=200, help="samples per task")
     s.add_argument("--out", help="metrics JSON")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0, help="which item of each sample is asked, and image sampling")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("export", help="write an export directory (what unio.load reads) from a run")
@@ -111,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--patch-size", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-bins", type=int, default=1000, help="location bins per image side (Pix2Seq: 1000)")
     s.set_defaults(func=_cmd_init)
 
     s = sub.add_parser("tokenizer", help="train a text (SentencePiece) or image (VQ) tokenizer")
@@ -119,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files, one sentence per line")
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True, help="output .model path")
-    t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    t.add_argument("--model-type", default="bpe", choices=["unigram", "bpe"],
+                   help="bpe keeps whole words of small templated corpora; unigram suits large ones")
     t = tk.add_parser("image", help="train a VQ image tokenizer")
     t.add_argument("--data", default="shapes", help="shapes, or folder:PATH for your own images")
     t.add_argument("--out", required=True)
@@ -132,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--run-dir", default=None, help="resumable training state (default: OUT.run)")
+    t.add_argument("--levels", default=None, help="fsq levels, e.g. 8,8,6,5 (codebook = their product)")
+    t.add_argument("--codebook-size", type=int, default=None, help="vq / lfq codebook size")
+    t.add_argument("--channels", default=None, help="widths per resolution, e.g. 64,128,192")
+    t.add_argument("--downsample", type=int, default=None, choices=[8, 16])
+    t.add_argument("--stem", type=int, default=None, choices=[1, 2, 4], help="pixel-unshuffle factor of the stem")
+    t.add_argument("--res-blocks", type=int, default=None)
+    t.add_argument("--mix", default=None, help="shapes data mix, e.g. rgb=2,depth=1,mask=1")
+    t.add_argument("--max-depth", type=float, default=None, help="depth range [0, MAX] drawn as grey (shapes: 1)")
+    t.add_argument("--eval-n", type=int, default=128, help="held-out images per evaluation")
+    t.add_argument("--fp16", action="store_true", help="store the tokenizer weights in float16")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.set_defaults(func=_cmd_tokenizer)
 
     s = sub.add_parser("shapes", help="preview the built-in shapes world: a picture grid + annotations")
@@ -140,13 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--max-objects", type=int, default=4)
+    s.add_argument("--texts", metavar="FILE", help="instead of a preview, write every caption, question, answer "
+                   "and expression of the n samples to FILE (a text-tokenizer corpus)")
+    s.add_argument("--prompts", nargs="*", default=[], metavar="YAML",
+                   help="with --texts: also add these prompt template files (e.g. prompts/*.yaml)")
     s.set_defaults(func=_cmd_shapes)
 
     s = sub.add_parser("demo", help="the shipped shapes-demo model doing every task, with a picture sheet")
     s.add_argument("--out", default="unio-demo")
     s.add_argument("--n", type=int, default=50, help="images per task for the metrics")
-    s.add_argument("--seed", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=1000, help="shapes world seed of the demo images (not used in training)")
     s.add_argument("--device", default=None)
+    s.add_argument("--model", default=None, help="an export directory instead of the shipped shapes-demo model")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads; the demo model is so small that one "
+                   "thread is fastest, and by far on a busy machine")
     s.set_defaults(func=_cmd_demo)
     return p
 

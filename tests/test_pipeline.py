@@ -1,0 +1,269 @@
+"""The Python API on a tiny untrained model: every method returns its documented type, in the
+caller's original frame (a 300 x 120 image), single items and lists alike; export directories."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import unio
+from unio.errors import BoxError, CheckpointError, ImageError, InputError, TaskError, VocabMismatchError
+from unio.pipeline import Pipeline, Run, init_export, load_export
+from unio.resources import data_path
+from unio.tasks import Box, Detection, Label, get_task
+from unio.tokenizers.image import ImageTokenizer
+
+W, H = 300, 120
+TINY = dict(d_model=64, encoder_layers=1, decoder_layers=1, num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tokenizer_dir(tmp_path_factory):
+    """The shipped shapes tokenizers (a random VQ tokenizer stands in while none is shipped)."""
+    shipped = data_path("tokenizers", "shapes")
+    if (shipped / "image").is_dir():
+        return shipped
+    d = tmp_path_factory.mktemp("shapes")
+    shutil.copy(shipped / "text.model", d / "text.model")
+    torch.manual_seed(0)
+    ImageTokenizer(image_size=64, downsample=8, channels=(8, 8, 8), levels=(4, 4, 4)).save(d / "image")
+    return d
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    from unio.tasks import shapes_classes
+    init_export("tiny", tokenizer_dir(tmp_path_factory), out, classes=shapes_classes(), quiet=True, **TINY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(export):
+    return unio.load(export, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+
+
+def inside(box, w=W, h=H):
+    x1, y1, x2, y2 = box
+    return 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+
+
+# ---------------------------------------------------------------------------- every method
+def test_text_methods(pipe, image):
+    assert isinstance(pipe.caption(image, max_new_tokens=6), str)
+    assert isinstance(pipe.ask(image, "what color is the star?", max_new_tokens=4), str)
+    assert isinstance(pipe.describe_region(image, (10, 10, 120, 100), max_new_tokens=4), str)
+
+
+def test_classify_returns_a_scored_label(pipe, image):
+    label = pipe.classify(image)
+    assert isinstance(label, Label) and label in pipe.classes["image"] and 0 < label.score <= 1
+    own = pipe.classify(image, labels=["cat", "dog", "hot dog"])
+    assert own in ("cat", "dog", "hot dog")
+    region = pipe.classify_region(image, Box(10, 10, 120, 100))
+    assert region in pipe.classes["object"]
+    assert json.loads(json.dumps(own.to_dict()))["label"] == own
+
+
+def test_detect_in_original_frame_with_real_scores(pipe, image):
+    dets = pipe.detect(image, max_objects=4)
+    assert dets and all(isinstance(d, Detection) for d in dets)
+    assert all(inside(d.box) and d.label in pipe.classes["object"] for d in dets)
+    scores = [d.score for d in dets]
+    assert all(0 < s < 1 for s in scores) and scores == sorted(scores, reverse=True)
+    assert len(pipe.detect(image, max_objects=2)) <= 2
+    sampled = pipe.detect(image, max_objects=3, top_p=0.5)
+    assert all(inside(d.box) for d in sampled)
+    assert pipe.detect(image, max_objects=3, threshold=1.1) == []
+    json.dumps([d.to_dict() for d in dets])
+
+
+def test_ground_in_original_frame(pipe, image):
+    box = pipe.ground(image, "the red circle")
+    assert isinstance(box, Box) and inside(box) and box.x2 > box.x1 and box.y2 > box.y1
+
+
+def test_dense_outputs_have_the_original_size(pipe, image):
+    mask = pipe.segment(image, "the red circle")
+    assert mask.shape == (H, W) and mask.dtype == bool
+    depth = pipe.depth(image)
+    assert depth.shape == (H, W) and depth.dtype == np.float32 and np.isfinite(depth).all()
+
+
+def test_generate_image_and_inpaint(pipe, image):
+    out = pipe.generate_image("a red circle", seed=0)
+    assert isinstance(out, Image.Image)
+    assert pipe.generate_image("a red circle", seed=0).tobytes() == out.tobytes()  # seeded
+    two = pipe.generate_image(["a red circle", "a blue star"], guidance=3.0, seed=1, size=(32, 16))
+    assert [im.size for im in two] == [(32, 16), (32, 16)]
+    box = (40, 20, 140, 90)
+    painted = pipe.inpaint(image, box, "a red circle", seed=0)
+    assert painted.size == (W, H)
+    a, b = np.asarray(image), np.asarray(painted)
+    outside = np.ones((H, W), bool)
+    outside[20:90, 40:140] = False
+    assert (a[outside] == b[outside]).all()
+
+
+def test_score_ranks_texts(pipe, image):
+    scores = pipe.score(image, ["a red circle", "two large blue squares and a star"])
+    assert len(scores) == 2 and all(isinstance(s, float) and s < 0 for s in scores)
+    rows = pipe.score([image, image], ["a red circle"])
+    assert len(rows) == 2 and rows[0] == pytest.approx(rows[1], rel=1e-5)
+    assert rows[0][0] == pytest.approx(scores[0], rel=1e-4)
+
+
+def test_generate_returns_typed_runs(pipe, image):
+    runs = pipe.generate("List the objects in the image with their locations.", image, max_new_tokens=12)
+    assert isinstance(runs, list) and all(isinstance(r, Run) for r in runs)
+    for r in runs:
+        assert r.kind in ("text", "boxes", "image", "codes")
+        if r.kind == "boxes":
+            assert all(inside(b) for b in r.value)
+    assert isinstance(pipe.generate(["Describe the image."] * 2, max_new_tokens=4), list)
+
+
+def test_parse_reads_raw_ids_in_the_image_frame(pipe, image):
+    sample = {"image": image, "objects": [{"box": (30.0, 40.0, 150.0, 110.0), "label": "small red circle"}]}
+    ex = get_task("detect").build(sample, pipe.ctx)
+    dets = pipe.parse("detect", ex.labels, image=image)
+    assert dets[0].label == "small red circle"
+    assert np.allclose(dets[0].box, (30, 40, 150, 110), atol=W / 1000)
+    assert pipe.parse("detect", torch.tensor(ex.labels))[0].box[2] < 64  # model frame without an image
+
+
+def test_run_dispatches_by_name(pipe, image):
+    assert pipe.run("ground", image, expression="the red circle") == pipe.ground(image, "the red circle")
+    assert isinstance(pipe.run("generate_image", text="a star", seed=0), Image.Image)
+    with pytest.raises(TaskError, match="unknown task"):
+        pipe.run("translate", image)
+
+
+# ---------------------------------------------------------------------------- batching
+def test_lists_are_batched_and_match_single_calls(pipe, image, tmp_path):
+    other = Image.fromarray(np.asarray(image)[:, ::-1].copy())
+    path = tmp_path / "img.png"
+    other.save(path)
+    images = [image, np.asarray(other), str(path)]
+    questions = ["what?", "how many large purple squares are left of the small cyan cross?", "is it red?"]
+    batched = pipe.ask(images, questions, max_new_tokens=5, batch_size=2)
+    assert batched == [pipe.ask(im, q, max_new_tokens=5) for im, q in zip(images, questions)]
+    dets = pipe.detect(images, max_objects=3)
+    singles = [pipe.detect(im, max_objects=3) for im in images]
+    for got, want in zip(dets, singles):
+        assert [(d.box, d.label) for d in got] == [(d.box, d.label) for d in want]
+        assert [d.score for d in got] == pytest.approx([d.score for d in want], rel=1e-3)
+    boxes = pipe.ground(images, ["the red circle", "the star", "the square"])
+    assert len(boxes) == 3 and all(inside(b) for b in boxes)
+    regions = pipe.describe_region(images, [(1, 1, 50, 50), (10, 10, 60, 60), (0, 0, 300, 120)], max_new_tokens=3)
+    assert len(regions) == 3
+
+
+# ---------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_raise_clear_errors(pipe, image):
+    with pytest.raises(TaskError, match="needs question"):
+        pipe.ask(image, None)
+    with pytest.raises(BoxError, match="empty or inverted"):
+        pipe.describe_region(image, (50, 50, 10, 10))
+    with pytest.raises(InputError, match="one box per image"):
+        pipe.describe_region([image, image], [(1, 1, 5, 5)] * 3)
+    with pytest.raises(InputError, match="list of 2 strings"):
+        pipe.ask([image, image], ["one question"])
+    with pytest.raises(InputError, match="empty list of images"):
+        pipe.caption([])
+    with pytest.raises(ImageError, match="does not exist"):
+        pipe.caption("no/such/file.png")
+    with pytest.raises(InputError, match="non-empty list"):
+        pipe.classify(image, labels=[])
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['guidance'\] for detect"):
+        pipe.detect(image, guidance=2.0)
+    with pytest.raises(InputError, match="non-empty"):
+        pipe.score(image, [])
+
+
+# ---------------------------------------------------------------------------- export directories
+def test_export_directory_contents(export):
+    names = {p.name for p in export.iterdir()}
+    assert {"config.json", "model.safetensors", "text.model", "image", "prompts", "unio.json"} <= names
+    assert not [p for p in export.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    meta = json.loads((export / "unio.json").read_text())
+    for key in ("versions", "vocab_fingerprint", "vocab", "classes", "image_size", "patch_size", "num_bins"):
+        assert key in meta
+    assert meta["versions"]["unio"] == unio.__version__ and meta["trained"] is False
+    assert "small red circle" in meta["classes"]["object"]
+    assert (export / "prompts" / "prompts.yaml").is_file()
+
+
+def test_load_refuses_mismatched_tokenizers(export, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(export, bad)
+    from unio.tokenizers.text import TextTokenizer
+    TextTokenizer.train(["a completely different corpus of words"] * 50, 300, bad / "text.model")
+    with pytest.raises(VocabMismatchError, match="text tokenizer"):
+        unio.load(bad)
+
+
+def test_load_errors(export, tmp_path):
+    with pytest.raises(CheckpointError, match="neither an export directory nor a shipped model"):
+        unio.load(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="shipped"):
+        unio.load("shapes-demo-that-does-not-exist")
+    partial = tmp_path / "partial"
+    shutil.copytree(export, partial)
+    (partial / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        unio.load(partial)
+    from safetensors.torch import load_file, save_file
+    state = load_file(export / "model.safetensors")
+    name = sorted(state)[0]
+    state["renamed." + name] = state.pop(name)
+    save_file(state, partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="do not fit this version of the model"):
+        unio.load(partial)
+    (partial / "unio.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        unio.load(partial)
+
+
+def test_device_dtype_and_device_map(export, image):
+    p = unio.load(export, device="cpu", dtype="float32")
+    assert p.device.type == "cpu" and p.dtype == torch.float32
+    model, ctx, meta = load_export(export, device_map={"": "cpu"})
+    assert isinstance(Pipeline(model, ctx, meta).ground(image, "the star"), Box)
+
+
+def test_list_models_and_lazy_import():
+    assert isinstance(unio.list_models(), list)
+    code = "import sys, unio; print('torch' in sys.modules, unio.UnioError.__name__, sorted(unio.__all__))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False UnioError") and "'list_models', 'load'" in out
+    assert callable(unio.load) and callable(unio.list_models)
+
+
+def test_unio_init_command(tmp_path_factory, tmp_path):
+    from unio.cli import main
+    tok = tokenizer_dir(tmp_path_factory)
+    assert main(["init", "--preset", "tiny", "--tokenizers", str(tok), "--out", str(tmp_path / "m"),
+                 "--num-bins", "64"]) == 0
+    assert json.loads((tmp_path / "m" / "unio.json").read_text())["num_bins"] == 64
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not empty"):
+        init_export("tiny", tok, tmp_path / "other", quiet=True, **TINY)

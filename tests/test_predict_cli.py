@@ -1,0 +1,179 @@
+"""`unio predict`: JSONL records in the original frame, COCO results pycocotools accepts, pictures,
+and one clear message (exit 2, no traceback) for each bad input."""
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unio.cli import main
+from unio.pipeline import init_export
+from unio.resources import data_path
+from unio.tasks import shapes_classes
+from unio.tokenizers.image import ImageTokenizer
+
+W, H = 300, 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    shipped = data_path("tokenizers", "shapes")
+    tok = shipped
+    if not (shipped / "image").is_dir():  # a random VQ tokenizer stands in while none is shipped
+        tok = tmp_path_factory.mktemp("shapes")
+        shutil.copy(shipped / "text.model", tok / "text.model")
+        torch.manual_seed(0)
+        ImageTokenizer(image_size=64, downsample=8, channels=(8, 8, 8), levels=(4, 4, 4)).save(tok / "image")
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    init_export("tiny", tok, out, classes=shapes_classes(), quiet=True, d_model=64, encoder_layers=1,
+                decoder_layers=1, num_heads=2)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in (1, 2, 3):
+        p = d / f"{i:06d}.png"
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def predict(*argv):
+    """Run `unio predict ...` in-process -> (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["predict", *map(str, argv)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_detect_jsonl_and_pictures(model, images, tmp_path):
+    code, _, err = predict("detect", "--model", model, *images, "--out", tmp_path / "p.jsonl", "--viz", tmp_path / "viz")
+    assert code == 0, err
+    records = read_jsonl(tmp_path / "p.jsonl")
+    assert [r["image"] for r in records] == images
+    for r in records:
+        assert (r["width"], r["height"]) == (W, H)
+        assert len(r["boxes"]) == len(r["labels"]) == len(r["scores"]) > 0
+        assert all(0 <= b[0] <= b[2] <= W and 0 <= b[1] <= b[3] <= H for b in r["boxes"])
+        assert all(0 < s < 1 for s in r["scores"])
+        assert Image.open(r["viz_png"]).size == (W, H)
+
+
+def test_coco_results_load_in_pycocotools(model, images, tmp_path):
+    from pycocotools.coco import COCO
+    out = tmp_path / "dets.json"
+    code, _, err = predict("detect", "--model", model, *images, "--format", "coco", "--out", out)
+    assert code == 0, err
+    categories = json.loads((tmp_path / "dets.categories.json").read_text())
+    assert categories[0] == {"id": 1, "name": shapes_classes()["object"][0]}
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i, "width": W, "height": H} for i in (1, 2, 3)],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40], "area": 2000,
+                                   "iscrowd": 0}],
+                  "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes(str(out))
+    assert len(dt.getAnnIds()) == len(json.loads(out.read_text())) > 0
+    assert set(dt.getImgIds()) <= {1, 2, 3}
+
+
+def test_segment_rle_and_depth_files(model, images, tmp_path):
+    from pycocotools import mask as mask_utils
+    code, _, err = predict("segment", "--model", model, images[0], "--text", "the red circle",
+                           "--out", tmp_path / "seg.jsonl", "--viz", tmp_path / "viz")
+    assert code == 0, err
+    (rec,) = read_jsonl(tmp_path / "seg.jsonl")
+    mask = mask_utils.decode({"size": rec["mask"]["size"], "counts": rec["mask"]["counts"].encode()})
+    assert mask.shape == (H, W) and int(mask.sum()) == rec["area"]
+    assert Image.open(rec["viz_png"]).size == (W, H)
+
+    code, _, err = predict("depth", "--model", model, *images[:2], "--out", tmp_path / "depth.jsonl")
+    assert code == 0, err
+    for rec in read_jsonl(tmp_path / "depth.jsonl"):
+        assert np.load(rec["depth_npy"]).shape == (H, W)
+        assert Image.open(rec["depth_png"]).size == (W, H)
+        assert rec["min"] <= rec["max"]
+
+
+def test_text_tasks_to_stdout_and_folders(model, images, tmp_path):
+    code, out, err = predict("caption", "--model", model, images[0])
+    assert code == 0, err
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert rec["task"] == "caption" and isinstance(rec["text"], str)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = predict("vqa", "--model", model, empty, "--text", "what?")
+    assert code == 2 and "holds no image files" in err
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in images[:2]:
+        shutil.copy(p, folder)
+    code, out, err = predict("classify", "--model", model, folder, "--labels", "cat,dog")
+    assert code == 0, err
+    assert [json.loads(line)["label"] in ("cat", "dog") for line in out.splitlines()] == [True, True]
+
+
+def test_region_tasks_and_images(model, images, tmp_path):
+    code, out, err = predict("classify_region", "--model", model, images[0], "--box", "10,10,100,100")
+    assert code == 0, err
+    assert json.loads(out)["label"] in shapes_classes()["object"]
+    code, _, err = predict("inpaint", "--model", model, images[0], "--box", "10,10,100,100", "--text", "a star",
+                           "--out", tmp_path / "inp.jsonl")
+    assert code == 0, err
+    (rec,) = read_jsonl(tmp_path / "inp.jsonl")
+    assert Image.open(rec["image_png"]).size == (W, H)
+    code, _, err = predict("generate_image", "--model", model, "--text", "a red circle", "--out", tmp_path / "g.jsonl")
+    assert code == 0, err
+    assert Image.open(read_jsonl(tmp_path / "g.jsonl")[0]["image_png"]).size == (64, 64)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["colorize", "--model", "M", "I"], "unknown task 'colorize'; choose one of: caption"),
+    (["vqa", "--model", "M", "I"], "needs --text (the question)"),
+    (["ground", "--model", "M", "I"], "needs --text (the expression)"),
+    (["inpaint", "--model", "M", "I", "--text", "x"], "needs --box"),
+    (["describe_region", "--model", "M", "I", "--box", "5,5,1,1"], "empty or inverted"),
+    (["caption", "--model", "M"], "no images given"),
+    (["caption", "--model", "M", "BAD"], "could not read"),
+    (["caption", "--model", "M", "MISSING"], "does not exist"),
+    (["caption", "--model", "M", "I", "--format", "coco"], "--format coco is for detect"),
+    (["caption", "--model", "NOMODEL", "I"], "neither an export directory nor a shipped model"),
+])
+def test_bad_input_gives_one_message(model, images, tmp_path, argv, message):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    subst = {"M": model, "I": images[0], "BAD": bad, "MISSING": tmp_path / "missing.png", "NOMODEL": tmp_path / "x"}
+    code, out, err = predict(*[subst.get(a, a) for a in argv])
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err
+    assert err.startswith("unio predict: error: ") and err.count("\n") == 1
+
+
+def test_bad_input_from_the_shell(model):
+    proc = subprocess.run([sys.executable, "-m", "unio", "predict", "vqa", "--model", model, "nope.png"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "unio predict: error: `unio predict vqa` needs --text (the question)"

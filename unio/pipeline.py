@@ -1,0 +1,590 @@
+"""The Python inference API: ``unio.load(dir_or_name)`` -> :class:`Pipeline`, and export directories.
+
+An export directory (DESIGN.md, "Export directory") is what :func:`load` reads::
+
+    config.json  model.safetensors     the network (transformers save_pretrained, safetensors only)
+    text.model                         the SentencePiece model
+    image/                             the VQ image tokenizer (config.json + model.safetensors)
+    prompts/prompts.yaml               the prompt templates the model was trained with
+    unio.json                          versions, vocabulary layout + fingerprint, class lists, sizes
+
+:func:`save_export` writes one (``unio init`` and ``unio export`` both use it); :func:`load_export`
+reads one and refuses tokenizers that do not match the fingerprint. Nothing is unpickled.
+
+    >>> pipe = unio.load("path/to/export")
+    >>> pipe.detect("street.jpg")               # [Detection(box=(x1, y1, x2, y2), label=..., score=...)]
+    >>> pipe.caption(["a.jpg", "b.jpg"])        # lists are batched inside (batch_size)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import CheckpointError, InputError, TaskError, VocabMismatchError
+from .images import FILL, letterbox, load_image, to_pixel_values
+from .tasks import Box, Detection, Example, Label, TaskContext, get_task, shapes_classes
+from .tasks.base import check_box
+from .vocab import UnifiedVocab
+
+__all__ = ["load", "list_models", "Pipeline", "Run", "Box", "Detection", "Label", "save_export", "load_export",
+           "init_export", "EXPORT_FILES"]
+
+FORMAT = "unio-export"
+FORMAT_VERSION = 1
+META_NAME = "unio.json"
+TEXT_NAME = "text.model"
+IMAGE_DIR = "image"
+PROMPTS_DIR = "prompts"
+EXPORT_FILES = ("config.json", "model.safetensors", TEXT_NAME, META_NAME)
+# transformers generate() options a caller may pass through the task methods
+GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
+                              "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size"})
+
+
+# ---------------------------------------------------------------------- export directories
+def save_export(out_dir, model, ctx: TaskContext, metadata: dict | None = None) -> Path:
+    """Write an export directory from a model, its task context and extra metadata (e.g. step, recipe)."""
+    import transformers
+
+    from . import __version__
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a folder; choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not (out / META_NAME).is_file():
+        raise CheckpointError(f"{out} is not empty and is not an export directory; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if getattr(model.config, "vocab_fingerprint", None) not in (None, ctx.vocab.fingerprint):
+        raise VocabMismatchError("the model was built for another vocabulary than the tokenizers given; export it "
+                                 "with the tokenizers it was trained with")
+    with _quiet_transformers():
+        model.save_pretrained(out)
+    (out / TEXT_NAME).write_bytes(ctx.text.model_proto)
+    if ctx.image_tokenizer is not None:
+        ctx.image_tokenizer.save(out / IMAGE_DIR)
+    ctx.prompts.save(out / PROMPTS_DIR)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "versions": {"unio": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "vocab": ctx.vocab.to_dict(), "vocab_fingerprint": ctx.vocab.fingerprint,
+        "image_size": ctx.image_size, "patch_size": ctx.patch_size, "num_bins": ctx.vocab.num_bins,
+        "classes": ctx.classes, "tasks": ctx.prompts.tasks,
+        "files": {"text_tokenizer": TEXT_NAME, "image_tokenizer": IMAGE_DIR if ctx.image_tokenizer is not None
+                  else None, "prompts": PROMPTS_DIR},
+    }
+    meta.update(metadata or {})
+    (out / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No progress bars or load reports from transformers: unio reports problems itself."""
+    from transformers.utils import logging as hf_logging
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_meta(path) -> dict:
+    d = Path(path)
+    if not d.is_dir():
+        raise CheckpointError(f"export directory {d} does not exist; create one with `unio init` or `unio export`")
+    missing = [n for n in EXPORT_FILES if not (d / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{d} is not a complete export directory: missing {', '.join(missing)}; "
+                              "write it with `unio init` or `unio export`")
+    try:
+        meta = json.loads((d / META_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{d / META_NAME} is not valid JSON ({exc}); re-export the model") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{d / META_NAME} is not a unio export description (format != {FORMAT!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{d} was written by a newer unio (format {meta['format_version']}); upgrade unio")
+    return meta
+
+
+def load_export(path, device=None, dtype=None, device_map=None):
+    """-> (model, ctx, meta). Checks the tokenizers in the folder against the recorded fingerprint."""
+    from .model import UnioForConditionalGeneration, check_vocab
+    d = Path(path)
+    meta = read_meta(d)
+    device, dtype = _pick_device(device, dtype)
+    image_device = device if device_map is None else None
+    ctx = TaskContext.from_dir(d, image_size=meta["image_size"], patch_size=meta["patch_size"],
+                               prompts_dir=d / PROMPTS_DIR if (d / PROMPTS_DIR).is_dir() else None,
+                               num_bins=meta.get("num_bins", 1000), classes=meta.get("classes") or {},
+                               device=image_device)
+    if ctx.vocab.fingerprint != meta.get("vocab_fingerprint"):
+        if isinstance(meta.get("vocab"), dict):  # names the part that differs
+            UnifiedVocab.from_dict(meta["vocab"]).check(ctx.vocab, what=f"the tokenizers in {d}")
+        raise VocabMismatchError(f"the tokenizers in {d} do not match the vocabulary fingerprint in {META_NAME}; "
+                                 "re-export the model with the tokenizers it was trained with")
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "output_loading_info": True}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        with _quiet_transformers():
+            model, info = UnioForConditionalGeneration.from_pretrained(str(d), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"could not load the model from {d}: {exc}") from None
+    check_vocab(model.config, ctx.vocab)
+    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        detail = "; ".join(f"{k.split('_')[0]} {v[:3]}" for k, v in problems.items() if v)
+        raise CheckpointError(f"the weights in {d / 'model.safetensors'} do not fit this version of the model "
+                              f"({detail}); export it again with the unio version it was trained with")
+    if device_map is None:
+        model.to(device)
+    elif ctx.image_tokenizer is not None:
+        ctx.image_tokenizer.to(model.device)
+    model.eval()
+    return model, ctx, meta
+
+
+def init_export(preset: str = "tiny", tokenizers="tokenizers/shapes", out=None, image_size: int = 64,
+                patch_size: int = 8, seed: int = 0, classes: dict | None = None, num_bins: int = 1000,
+                quiet: bool = False, **config_overrides) -> Path:
+    """Write an untrained export directory: the start of a training run, and what tests use.
+
+    ``config_overrides`` go to :meth:`UnioConfig.preset` (e.g. ``d_model=64`` for a smaller model).
+    """
+    from .model import UnioConfig, UnioForConditionalGeneration
+    if out is None:
+        raise InputError("init_export needs out=DIR, the folder to write")
+    tok_dir = Path(tokenizers)
+    if classes is None:
+        classes = _default_classes(tok_dir)
+    ctx = TaskContext.from_dir(tok_dir, image_size=image_size, patch_size=patch_size, num_bins=num_bins,
+                               classes=classes)
+    torch.manual_seed(int(seed))
+    config = UnioConfig.preset(preset, vocab=ctx.vocab, image_size=image_size, patch_size=patch_size,
+                               **config_overrides)
+    model = UnioForConditionalGeneration(config)
+    path = save_export(out, model, ctx, {"preset": preset, "trained": False, "seed": int(seed),
+                                         "config_overrides": config_overrides})
+    if not quiet:
+        n = sum(p.numel() for p in model.parameters())
+        print(f"wrote an untrained {preset} model ({n / 1e6:.1f}M parameters) to {path}")
+    return path
+
+
+def _default_classes(tok_dir: Path) -> dict:
+    """A tokenizer folder may carry classes.json; the shipped shapes tokenizers mean the shapes world."""
+    if (tok_dir / "classes.json").is_file():
+        return json.loads((tok_dir / "classes.json").read_text())
+    return shapes_classes() if tok_dir.name == "shapes" else {}
+
+
+def list_models() -> list[str]:
+    """Names of the models shipped in the package (``unio.load(name)``)."""
+    from .errors import UnioError
+    from .resources import data_path
+    try:
+        root = data_path("models")
+    except UnioError:
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / META_NAME).is_file())
+
+
+def load(name_or_dir, device=None, dtype=None, device_map=None, batch_size: int = 16) -> "Pipeline":
+    """A :class:`Pipeline` from an export directory or the name of a shipped model (``list_models()``).
+
+    Device and dtype are automatic (CUDA + bfloat16 when available, else CPU + float32); pass
+    ``device``/``dtype`` to override, or ``device_map="auto"`` to spread a large model over devices
+    (through accelerate, as transformers does).
+    """
+    path = Path(name_or_dir)
+    if not path.exists():
+        shipped = list_models()
+        if str(name_or_dir) in shipped:
+            from .resources import data_path
+            path = data_path("models", str(name_or_dir))
+        else:
+            raise CheckpointError(f"{name_or_dir!r} is neither an export directory nor a shipped model "
+                                  f"(shipped: {', '.join(shipped) or 'none'}); make one with `unio init` or "
+                                  "`unio export`")
+    model, ctx, meta = load_export(path, device=device, dtype=dtype, device_map=device_map)
+    return Pipeline(model, ctx, meta, batch_size=batch_size)
+
+
+def _pick_device(device, dtype):
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        try:
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype) \
+                or getattr(torch, dtype)
+        except AttributeError:
+            raise InputError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return device, dtype
+
+
+# ---------------------------------------------------------------------- results of generate()
+@dataclass
+class Run:
+    """A typed run of a raw generation: text (str), boxes (list[Box]), image (PIL) or codes (list[int])."""
+
+    kind: str
+    value: Any
+
+    def to_dict(self) -> dict:
+        v = self.value
+        if self.kind == "boxes":
+            v = [b.to_list() for b in v]
+        elif isinstance(v, Image.Image):
+            v = {"size": list(v.size)}
+        return {"kind": self.kind, "value": v}
+
+
+# ---------------------------------------------------------------------- the pipeline
+class Pipeline:
+    """One model, every task. Each method takes one item or a list (batched with ``batch_size``)."""
+
+    def __init__(self, model, ctx: TaskContext, meta: dict | None = None, batch_size: int = 16):
+        self.model, self.ctx, self.meta = model, ctx, dict(meta or {})
+        self.batch_size = int(batch_size)
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"Pipeline({n / 1e6:.1f}M parameters, image_size={self.ctx.image_size}, device={self.device}, "
+                f"dtype={self.dtype}, tasks={self.tasks})")
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t for t in self.ctx.prompts.tasks]
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return dict(self.ctx.classes)
+
+    # ------------------------------------------------------------------ task methods
+    def caption(self, image, *, prompt=None, batch_size=None, **gen):
+        return self._call("caption", image, {}, batch_size, gen, prompt=prompt)
+
+    def ask(self, image, question, *, prompt=None, batch_size=None, **gen):
+        return self._call("vqa", image, {"question": question}, batch_size, gen, prompt=prompt)
+
+    def classify(self, image, labels=None, *, prompt=None, batch_size=None, **gen):
+        """The label (a ``str`` with a ``.score``) among ``labels`` (default: the model's image classes)."""
+        return self._call("classify", image, {}, batch_size, gen, prompt=prompt, labels=self._labels(labels, "image"))
+
+    def detect(self, image, *, max_objects=None, top_p=None, temperature=None, threshold=None, prompt=None,
+               batch_size=None, **gen):
+        """Detections sorted by score; ``top_p`` samples (Pix2Seq), ``threshold`` drops low scores."""
+        results = self._call("detect", image, {}, batch_size, gen, prompt=prompt, max_objects=max_objects,
+                             top_p=top_p, temperature=temperature)
+        def clean(dets):
+            dets = sorted(dets, key=lambda d: -d.score)
+            return [d for d in dets if threshold is None or d.score >= threshold]
+        return [clean(r) for r in results] if _is_batch(image) else clean(results)
+
+    def ground(self, image, expression, *, prompt=None, batch_size=None, **gen):
+        return self._call("ground", image, {"expression": expression}, batch_size, gen, prompt=prompt)
+
+    def describe_region(self, image, box, *, prompt=None, batch_size=None, **gen):
+        return self._call("describe_region", image, {"box": box}, batch_size, gen, prompt=prompt)
+
+    def classify_region(self, image, box, labels=None, *, prompt=None, batch_size=None, **gen):
+        return self._call("classify_region", image, {"box": box}, batch_size, gen, prompt=prompt,
+                          labels=self._labels(labels, "object"))
+
+    def segment(self, image, expression, *, prompt=None, batch_size=None, **gen):
+        """Bool mask (H, W) of the original image."""
+        return self._call("segment", image, {"expression": expression}, batch_size, gen, prompt=prompt)
+
+    def depth(self, image, *, prompt=None, batch_size=None, **gen):
+        """Depth float32 (H, W) of the original image (units of the image tokenizer's depth range)."""
+        return self._call("depth", image, {}, batch_size, gen, prompt=prompt)
+
+    def generate_image(self, text, *, guidance=None, top_k=None, top_p=0.9, temperature=1.0, seed=None,
+                       size=None, prompt=None, batch_size=None, **gen):
+        """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance."""
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not texts:
+            raise InputError("generate_image got an empty list of texts")
+        items = [({}, {"text": t}) for t in texts]
+        sampling = dict(guidance=guidance, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
+        out = self._predict("generate_image", items, batch_size, gen, prompt=prompt, **sampling)
+        if size is not None:
+            out = [im.resize(tuple(size), Image.BICUBIC) for im in out]
+        return out[0] if single else out
+
+    def inpaint(self, image, box, text, *, top_k=None, top_p=0.9, temperature=1.0, seed=None, prompt=None,
+                batch_size=None, **gen):
+        """The image with the box redrawn to show ``text`` (content generated inside the box only)."""
+        return self._call("inpaint", image, {"box": box, "text": text}, batch_size, gen, prompt=prompt,
+                          top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
+
+    def run(self, task: str, image=None, *, batch_size=None, **inputs):
+        """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``."""
+        get_task(task)
+        if task == "generate_image":
+            return self.generate_image(inputs.pop("text", None) or _required("text", task), batch_size=batch_size,
+                                       **inputs)
+        per_item = {k: inputs.pop(k) for k in ("question", "expression", "box", "text") if k in inputs}
+        if image is None:
+            raise TaskError(f"task {task!r} needs an image")
+        return self._call(task, image, per_item, batch_size, {}, **inputs)
+
+    # ------------------------------------------------------------------ scoring, raw generation, parsing
+    @torch.inference_mode()
+    def score(self, image, texts, *, batch_size=None):
+        """Log-likelihood of each text as the caption of ``image`` (image-text retrieval)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise InputError("score needs a non-empty list of non-empty texts")
+        images = list(image) if _is_batch(image) else [image]
+        task = get_task("caption")
+        pairs = []
+        for im in images:
+            base = task.build({"image": load_image(im)}, self.ctx)
+            for t in texts:
+                pairs.append(Example(**{**base.__dict__, "labels": self.ctx.encode_text(t) + [self.ctx.vocab.eos_id]}))
+        scores: list[float] = []
+        bs = int(batch_size or self.batch_size)
+        for i in range(0, len(pairs), bs):
+            chunk = pairs[i:i + bs]
+            batch = self._collate(chunk)
+            T = max(len(e.labels) for e in chunk)
+            labels = torch.full((len(chunk), T), -100, dtype=torch.long)
+            for r, e in enumerate(chunk):
+                labels[r, : len(e.labels)] = torch.tensor(e.labels)
+            labels = labels.to(self.device)
+            logits = self.model(**batch, labels=labels).logits.float()
+            logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+            scores += (logp * (labels != -100)).sum(-1).tolist()
+        rows = [scores[k * len(texts):(k + 1) * len(texts)] for k in range(len(images))]
+        return rows if _is_batch(image) else rows[0]
+
+    @torch.inference_mode()
+    def generate(self, prompt: str | list[str], image=None, *, max_new_tokens: int = 64, batch_size=None, **gen):
+        """Raw prompt -> the output as typed runs (text, boxes in the image's frame, images)."""
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        images = (list(image) if _is_batch(image) else [image] * len(prompts)) if image is not None \
+            else [None] * len(prompts)
+        if len(images) != len(prompts):
+            raise InputError(f"generate got {len(prompts)} prompts and {len(images)} images; pass one of each")
+        examples = []
+        for p, im in zip(prompts, images):
+            if not isinstance(p, str) or not p.strip():
+                raise InputError("generate needs a non-empty prompt string")
+            pil, info = letterbox(im, self.ctx.image_size) if im is not None else (None, None)
+            examples.append(Example("generate", p, self.ctx.encode_text(p) + [self.ctx.vocab.eos_id], pil, None, [],
+                                    None, info, {}))
+        from .tasks.constraints import AllowedIdsProcessor
+        allowed = self.ctx.vocab.allowed_mask("text", "location", "image")
+        out = []
+        bs = int(batch_size or self.batch_size)
+        for i in range(0, len(examples), bs):
+            chunk = examples[i:i + bs]
+            for ex, (ids, _, _) in zip(chunk, self._generate(chunk, [AllowedIdsProcessor(allowed)],
+                                                             {"max_new_tokens": max_new_tokens, **gen}, False)):
+                out.append(self._runs(ids, ex.info))
+        return out[0] if single else out
+
+    def parse(self, task: str, ids, image=None, **meta):
+        """Read a raw generation (global ids) as ``task``'s result; with ``image``, in its frame."""
+        t = get_task(task)
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        info = letterbox(image, self.ctx.image_size)[1] if image is not None else None
+        if image is not None and task == "inpaint":
+            meta.setdefault("original", load_image(image))
+        return t.parse(ids, self.ctx, info, meta=meta)
+
+    # ------------------------------------------------------------------ internals
+    def _labels(self, labels, kind):
+        if labels is None and not self.ctx.class_list(kind):
+            raise TaskError(f"this model stores no {kind} class list; pass labels=[...]")
+        return labels
+
+    def _call(self, task, image, per_item: dict, batch_size, gen: dict, **options):
+        """Broadcast per-item inputs over the image(s) and run the task."""
+        batch = _is_batch(image)
+        images = list(image) if batch else [image]
+        if not images:
+            raise InputError(f"{task} got an empty list of images")
+        columns = {k: _broadcast(k, v, len(images), batch) for k, v in per_item.items()}
+        items = [({"image": im}, {k: columns[k][i] for k in columns}) for i, im in enumerate(images)]
+        out = self._predict(task, items, batch_size, gen, **options)
+        return out if batch else out[0]
+
+    def predict_examples(self, task_name: str, examples: Sequence[Example], *, batch_size=None, gen=None,
+                         **options) -> list:
+        """Generate and parse already built Examples (evaluation): one result per example.
+
+        ``options`` are the task's decoding options (``max_objects``, ``top_p``, ``guidance``, ``seed``,
+        ``labels`` ...); ``gen`` holds transformers ``generate`` options (``num_beams`` ...).
+        """
+        task = get_task(task_name)
+        gen = dict(gen or {})
+        unknown = sorted(set(gen) - GENERATE_OPTIONS)
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} for {task_name}; decoding options are "
+                             f"{sorted(GENERATE_OPTIONS)}")
+        options = {k: v for k, v in options.items() if v is not None}
+        guidance = options.get("guidance")
+        if guidance is not None and not hasattr(task, "unconditional"):
+            raise InputError(f"classifier-free guidance is available for generate_image only, not {task_name}")
+        bs = int(batch_size or self.batch_size)
+        results = []
+        for i in range(0, len(examples), bs):
+            chunk = list(examples[i:i + bs])
+            gen_kw = task.generation_kwargs(self.ctx, **options)
+            gen_kw.update(gen)
+            processors = task.logits_processors(self.ctx, chunk[0], batch=chunk, **options)
+            rows = chunk + [task.unconditional(self.ctx)] * len(chunk) if guidance is not None else chunk
+            for ex, (ids, lp, raw) in zip(chunk, self._generate(rows, processors, gen_kw, task.needs_scores)):
+                results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta))
+        return results
+
+    def _predict(self, task_name: str, items, batch_size, gen: dict, **options) -> list:
+        """Build each item's Example (canonical prompt, or the caller's ``prompt``), then predict."""
+        task = get_task(task_name)
+        extra = {k: options.pop(k) for k in ("prompt", "labels") if options.get(k) is not None}
+        examples = []
+        for sample, inputs in items:
+            sample = {"image": load_image(sample["image"])} if sample.get("image") is not None else {}
+            examples.append(task.build(sample, self.ctx, None, **inputs, **extra))
+        if "labels" in extra:
+            options["labels"] = extra["labels"]
+        return self.predict_examples(task_name, examples, batch_size=batch_size, gen=gen, **options)
+
+    def _collate(self, examples: Sequence[Example]) -> dict:
+        dev, ctx = self.device, self.ctx
+        batch: dict[str, torch.Tensor] = {}
+        has_image = [e.image is not None for e in examples]
+        if any(has_image):
+            S = ctx.image_size
+            blank = Image.new("RGB", (S, S), FILL)
+            pixels = to_pixel_values([e.image if e.image is not None else blank for e in examples])
+            batch["pixel_values"] = pixels.to(dev, self.dtype)
+            if not all(has_image):
+                batch["has_image"] = torch.tensor(has_image, device=dev)
+            if any(e.patch_mask is not None for e in examples):
+                G = ctx.patch_grid
+                pm = np.stack([e.patch_mask if e.patch_mask is not None else np.zeros((G, G), bool) for e in examples])
+                batch["patch_mask"] = torch.from_numpy(pm).to(dev)
+        L = max(len(e.input_ids) for e in examples)
+        ids = torch.full((len(examples), L), ctx.vocab.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), L), dtype=torch.long)
+        for r, e in enumerate(examples):
+            ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
+            mask[r, : len(e.input_ids)] = 1
+        batch["input_ids"], batch["attention_mask"] = ids.to(dev), mask.to(dev)
+        return batch
+
+    @torch.inference_mode()
+    def _generate(self, examples, processors, gen_kw: dict, want_scores: bool):
+        """-> per example: (generated ids up to eos, constrained log-probs, raw log-probs)."""
+        from transformers import LogitsProcessorList
+        vocab = self.ctx.vocab
+        kw = dict(gen_kw)
+        kw.setdefault("do_sample", False)
+        kw.pop("labels", None)
+        out = self.model.generate(
+            **self._collate(examples), logits_processor=LogitsProcessorList(processors),
+            decoder_start_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id,
+            return_dict_in_generate=True, output_scores=want_scores, output_logits=want_scores, **kw)
+        seqs = out.sequences[:, 1:]  # drop the decoder start id
+        lp = raw = None
+        if want_scores:
+            beams = getattr(out, "beam_indices", None)
+            lp = self.model.compute_transition_scores(out.sequences, out.scores, beams, normalize_logits=True)
+            raw = self.model.compute_transition_scores(out.sequences, out.logits, beams, normalize_logits=True)
+            lp, raw = lp.float().cpu().tolist(), raw.float().cpu().tolist()
+        results = []
+        for r, row in enumerate(seqs.cpu().tolist()[: len(examples)]):
+            n = row.index(vocab.eos_id) + 1 if vocab.eos_id in row else len(row)
+            results.append((row[:n], lp[r][:n] if lp else None, raw[r][:n] if raw else None))
+        return results
+
+    def _runs(self, ids, info) -> list[Run]:
+        ctx = self.ctx
+        size = (info.width, info.height) if info is not None else (ctx.image_size, ctx.image_size)
+        runs = []
+        for seg in ctx.vocab.split(ids):
+            if seg.kind == "text":
+                try:
+                    runs.append(Run("text", ctx.text.decode(seg.ids)))
+                except Exception:
+                    runs.append(Run("text", ""))
+            elif seg.kind == "location":
+                bins = np.asarray(seg.ids[: len(seg.ids) // 4 * 4]).reshape(-1, 4)
+                bins = np.concatenate([np.minimum(bins[:, :2], bins[:, 2:]), np.maximum(bins[:, :2], bins[:, 2:])], 1)
+                boxes = [Box(*map(float, b)) for b in ctx.locations.decode_boxes(bins, size)] if len(bins) else []
+                runs.append(Run("boxes", boxes))
+            elif seg.kind == "image":
+                if ctx.image_tokenizer is not None and len(seg.ids) == ctx.image_codes:
+                    from .tasks.dense import image_codes
+                    pixels = ctx.image_tokenizer.decode(image_codes(ctx.vocab.image_ids(seg.ids), ctx)[None])[0]
+                    arr = (pixels.float().permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+                    runs.append(Run("image", Image.fromarray(arr)))
+                else:
+                    runs.append(Run("codes", list(seg.ids)))
+        return runs
+
+
+def _is_batch(x) -> bool:
+    if isinstance(x, (list, tuple)):
+        return True
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return x.ndim == 4
+    return False
+
+
+def _broadcast(name: str, value, n: int, batch: bool) -> list:
+    """A per-item input (question, expression, box, text) for each of ``n`` images."""
+    if value is None:
+        raise TaskError(f"this task needs {name}=...; pass one (or a list, one per image)")
+    if name == "box":
+        rows = value.to_list() if isinstance(value, Box) else value
+        try:
+            arr = np.asarray([list(b) if isinstance(b, Box) else b for b in rows]
+                             if isinstance(rows, (list, tuple)) else rows, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"box must be (x1, y1, x2, y2) or a list of such boxes, got {value!r}") from None
+        if arr.shape == (4,):
+            return [check_box(arr)] * n
+        if batch and arr.shape == (n, 4):
+            return [check_box(b) for b in arr]
+        raise InputError(f"box must be (x1, y1, x2, y2), or one box per image ({n}, 4); got shape {arr.shape}")
+    if isinstance(value, str):
+        return [value] * n
+    if batch and isinstance(value, (list, tuple)) and len(value) == n:
+        return list(value)
+    raise InputError(f"{name} must be a string, or a list of {n} strings (one per image); got {value!r:.80}")
+
+
+def _required(name, task):
+    raise TaskError(f"task {task!r} needs {name}=...")

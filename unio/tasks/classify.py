@@ -1,0 +1,110 @@
+"""Closed-set classification: classify (the image) and classify_region (a box).
+
+The answer is one label of a label set, written as its text pieces; decoding follows a trie over
+the labels' token sequences, so the output is always one of them (OFA's constrained decoding,
+Wang et al., 2022). The score is the label's probability under that constrained distribution,
+i.e. its share among the candidate labels.
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import InputError, TaskError
+from .base import Example, Label, Task, TaskContext, check_box, pick
+from .constraints import AllowedIdsProcessor, LabelTrie, TrieProcessor
+
+
+def label_set(labels, ctx: TaskContext, kind: str) -> list[str] | None:
+    """The caller's labels (list or comma-separated string), else the model's class list."""
+    if labels is None:
+        return ctx.class_list(kind)
+    if isinstance(labels, str):
+        labels = [s for s in (p.strip() for p in labels.split(",")) if s]
+    try:
+        labels = list(labels)
+    except TypeError:
+        raise InputError(f"labels must be a list of strings, got {type(labels).__name__}") from None
+    if not labels or not all(isinstance(s, str) and s.strip() for s in labels):
+        raise InputError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
+    return [s.strip() for s in labels]
+
+
+def label_trie(ctx: TaskContext, labels: list[str]) -> LabelTrie:
+    return LabelTrie(ctx.encode_text(s) for s in labels)
+
+
+def sequence_score(ids, logprobs) -> float:
+    """exp(sum of log-probabilities) up to and including eos; NaN without probabilities."""
+    if logprobs is None:
+        return float("nan")
+    total = 0.0
+    for lp in list(logprobs)[: len(ids)]:
+        total += float(lp)
+    return math.exp(total) if math.isfinite(total) else 0.0
+
+
+class Classify(Task):
+    name = "classify"
+    kind = "image"           # which class list of the model applies
+    needs_scores = True
+    max_new_tokens = 16
+
+    def can_build(self, sample: dict) -> bool:
+        return super().can_build(sample) and bool(sample.get("label"))
+
+    def _spec(self, sample, rng, inputs) -> tuple[dict, dict, str | None]:
+        """(prompt values, meta, target label) for this sample."""
+        return {}, {}, sample.get("label")
+
+    def build(self, sample, ctx, rng=None, **inputs) -> Example:
+        image, info = self._image(sample, ctx)
+        values, meta, target = self._spec(sample, rng, inputs)
+        labels = label_set(inputs.get("labels"), ctx, self.kind)
+        prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"), **values)
+        target_ids = self._text_target(ctx, target) if isinstance(target, str) and target else []
+        return self._example(ctx, prompt, ids, image, info, target_ids, label=target, label_set=labels, **meta)
+
+    def logits_processors(self, ctx, example: Example | None = None, **overrides) -> list:
+        labels = (example.meta.get("label_set") if example is not None else None) or ctx.class_list(self.kind)
+        if not labels:  # no label set known: any text
+            return [AllowedIdsProcessor(ctx.vocab.allowed_mask("text"))]
+        return [TrieProcessor(ctx.vocab, label_trie(ctx, labels))]
+
+    def generation_kwargs(self, ctx, **overrides) -> dict:
+        kw = super().generation_kwargs(ctx, **overrides)
+        labels = label_set(overrides.get("labels"), ctx, self.kind)
+        if labels and not overrides.get("max_new_tokens"):
+            kw["max_new_tokens"] = max(len(ctx.encode_text(s)) for s in labels) + 1
+        return kw
+
+    def parse(self, ids, ctx, info=None, *, logprobs=None, **kw) -> Label:
+        ids = [int(i) for i in ids]
+        end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
+        return Label(ctx.decode_text(ids[:end]), sequence_score(ids[:end], logprobs))
+
+    def metric(self, predictions, examples) -> dict[str, float]:
+        from ..metrics import accuracy
+        pairs = [(str(p).strip(), e.meta["label"]) for p, e in zip(predictions, examples) if e.meta.get("label")]
+        return {"accuracy": accuracy([p for p, _ in pairs], [t for _, t in pairs]) if pairs else float("nan")}
+
+
+class ClassifyRegion(Classify):
+    """The label of the object inside a box given as location tokens."""
+
+    name = "classify_region"
+    kind = "object"
+    placeholders = frozenset({"region"})
+
+    def can_build(self, sample: dict) -> bool:
+        return Task.can_build(self, sample) and bool(sample.get("objects"))
+
+    def _spec(self, sample, rng, inputs):
+        box = inputs.get("box")
+        if box is not None:
+            box = check_box(box)
+            return {"region": box}, {"box": box}, None
+        objects = sample.get("objects") or []
+        if not objects:
+            raise TaskError("classify_region needs box=(x1, y1, x2, y2) in pixels (or a sample with objects)")
+        obj = pick(objects, rng)
+        return {"region": check_box(obj["box"])}, {"box": tuple(obj["box"])}, obj.get("label")

@@ -1,0 +1,178 @@
+"""Object detection as a sequence, after Pix2Seq (Chen et al., 2022).
+
+Target: every object as ``x1 y1 x2 y2`` location tokens followed by its label's text pieces,
+then eos. In training (``rng`` given):
+
+- objects come in a random order (Pix2Seq found random ordering best);
+- *sequence augmentation*: synthetic noise objects (jittered duplicates of real boxes and random
+  boxes) are appended after the real ones with the label ``"noise"``. Their coordinate tokens get
+  ``noise_coord_weight`` (0: the model is not taught to place them) and their label tokens
+  ``noise_label_weight`` (Pix2Seq's ``noise_bbox_weight``, 1.0), so the model learns to call such
+  boxes noise instead of learning to emit them as real objects; eos gets ``eos_weight``
+  (Pix2Seq's ``eos_token_weight``, 0.1) so stopping early is cheap to get wrong.
+
+At inference (``rng`` None) the target lists objects in a canonical raster order (top to bottom,
+then left to right). Decoding is constrained to well-formed boxes whose label is one of the
+model's object classes (the noise label excluded) or free text when the model has no class list.
+Each box's score is the probability the model gave its label (Pix2Seq's class-token score),
+read from the unconstrained distribution, so a box the model thinks is noise scores low.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import BoxError
+from .base import Detection, Example, Task, TaskContext, location_limits
+from .constraints import BoxesProcessor, LabelTrie
+
+NOISE = "noise"
+
+
+class Detect(Task):
+    name = "detect"
+    needs_scores = True
+
+    def __init__(self, max_objects: int = 20, max_noise: int = 4, noise_coord_weight: float = 0.0,
+                 noise_label_weight: float = 1.0, eos_weight: float = 0.1, augment: bool = True,
+                 score: str = "label", max_label_len: int = 8):
+        if score not in ("label", "mean"):
+            raise ValueError(f"score must be 'label' or 'mean', got {score!r}")
+        self.max_objects, self.max_noise = int(max_objects), int(max_noise)
+        self.noise_coord_weight, self.noise_label_weight = float(noise_coord_weight), float(noise_label_weight)
+        self.eos_weight, self.augment, self.score = float(eos_weight), bool(augment), score
+        self.max_label_len = int(max_label_len)
+
+    def can_build(self, sample: dict) -> bool:
+        return super().can_build(sample) and "objects" in sample
+
+    # ------------------------------------------------------------------ targets
+    def build(self, sample, ctx, rng=None, **inputs) -> Example:
+        image, info = self._image(sample, ctx)
+        size = (info.width, info.height)
+        prompt, ids = self._prompt(ctx, rng, size, template=inputs.get("prompt"))
+        objects = []
+        for obj in sample.get("objects") or []:
+            try:
+                bins = ctx.locations.encode_boxes(obj["box"], size)
+            except (BoxError, KeyError, TypeError):
+                continue  # a degenerate annotation cannot be a target
+            objects.append((bins, str(obj.get("label", "")), tuple(float(v) for v in obj["box"])))
+        meta = {"boxes": [o[2] for o in objects], "labels": [o[1] for o in objects]}
+        if "objects" not in sample:
+            return self._example(ctx, prompt, ids, image, info, **meta)
+        if rng is None:
+            order = sorted(range(len(objects)), key=lambda k: (objects[k][0][1], objects[k][0][0]))
+        else:
+            order = list(rng.permutation(len(objects)))
+        order = order[: self.max_objects]
+        labels: list[int] = []
+        weights: list[float] = []
+        for k in order:
+            bins, label, _ = objects[k]
+            labels += [int(i) for i in ctx.vocab.location_ids(bins)] + ctx.encode_text(label)
+            weights += [1.0] * (4 + len(ctx.encode_text(label)))
+        if rng is not None and self.augment:
+            room = self.max_objects - len(order)
+            noise_label = ctx.encode_text(NOISE)
+            for box in self._noise_boxes(rng, [objects[k][2] for k in order], size, min(room, self.max_noise)):
+                try:
+                    bins = ctx.locations.encode_boxes(box, size)
+                except BoxError:
+                    continue
+                labels += [int(i) for i in ctx.vocab.location_ids(bins)] + noise_label
+                weights += [self.noise_coord_weight] * 4 + [self.noise_label_weight] * len(noise_label)
+        labels.append(ctx.vocab.eos_id)
+        weights.append(self.eos_weight if rng is not None else 1.0)
+        return self._example(ctx, prompt, ids, image, info, labels, weights if rng is not None else None, **meta)
+
+    @staticmethod
+    def _noise_boxes(rng, real: list[tuple], size: tuple[int, int], n_max: int) -> list[tuple]:
+        """Pix2Seq's synthetic objects: jittered copies of real boxes, or random boxes."""
+        if n_max <= 0:
+            return []
+        W, H = size
+        out = []
+        for _ in range(int(rng.integers(0, n_max + 1))):
+            if real and rng.random() < 0.5:
+                x1, y1, x2, y2 = real[int(rng.integers(len(real)))]
+                w, h = x2 - x1, y2 - y1
+                cx, cy = (x1 + x2) / 2 + rng.normal(0, 0.2) * w, (y1 + y2) / 2 + rng.normal(0, 0.2) * h
+                w, h = w * math.exp(rng.normal(0, 0.25)), h * math.exp(rng.normal(0, 0.25))
+            else:
+                cx, cy = rng.random() * W, rng.random() * H
+                w, h = (0.05 + 0.45 * rng.random()) * W, (0.05 + 0.45 * rng.random()) * H
+            out.append((max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(W, cx + w / 2), min(H, cy + h / 2)))
+        return out
+
+    # ------------------------------------------------------------------ decoding
+    def _label_trie(self, ctx: TaskContext) -> LabelTrie | None:
+        classes = [c for c in (ctx.class_list("object") or []) if c != NOISE]
+        return LabelTrie(ctx.encode_text(c) for c in classes) if classes else None
+
+    def logits_processors(self, ctx, example: Example | None = None, **overrides) -> list:
+        max_objects = int(overrides.get("max_objects") or self.max_objects)
+        batch = overrides.get("batch") or ([example] if example is not None else [])
+        return [BoxesProcessor(ctx.vocab, labels=self._label_trie(ctx), max_boxes=max_objects,
+                               max_label_len=self.max_label_len, limits=location_limits(ctx, batch))]
+
+    def generation_kwargs(self, ctx, **overrides) -> dict:
+        max_objects = int(overrides.get("max_objects") or self.max_objects)
+        classes = ctx.class_list("object")
+        label_len = max(len(ctx.encode_text(c)) for c in classes) if classes else self.max_label_len
+        kw = {"max_new_tokens": int(overrides.get("max_new_tokens") or max_objects * (4 + label_len) + 1)}
+        if overrides.get("top_p") is not None:  # Pix2Seq decodes with nucleus sampling
+            kw.update(do_sample=True, top_p=float(overrides["top_p"]),
+                      temperature=float(overrides.get("temperature") or 1.0))
+        return kw
+
+    def parse(self, ids, ctx, info=None, *, raw_logprobs=None, logprobs=None, **kw) -> list[Detection]:
+        """Boxes + labels in the original image; malformed pieces are skipped, never raised on."""
+        ids = [int(i) for i in ids]
+        probs = list(raw_logprobs) if raw_logprobs is not None else None
+        size = self._size(info, ctx)
+        kinds = ctx.vocab.kinds(ids) if ids else np.zeros(0, dtype=np.int8)
+        loc0 = ctx.vocab.location_range[0]
+        objects, cur = [], None  # cur: {"loc": [positions], "text": [positions]}
+        for pos, (g, kind) in enumerate(zip(ids, kinds.tolist())):
+            if g == ctx.vocab.eos_id:
+                break
+            if kind == 1:  # location
+                if cur is None or cur["text"] or len(cur["loc"]) == 4:
+                    cur = {"loc": [], "text": []}
+                    objects.append(cur)
+                cur["loc"].append(pos)
+            elif kind == 0 and cur is not None and len(cur["loc"]) == 4:
+                cur["text"].append(pos)
+        out = []
+        for obj in objects:
+            if len(obj["loc"]) != 4:
+                continue
+            bins = np.array([ids[p] - loc0 for p in obj["loc"]])
+            bins = np.array([min(bins[0], bins[2]), min(bins[1], bins[3]), max(bins[0], bins[2]),
+                             max(bins[1], bins[3])])
+            label = ctx.decode_text([ids[p] for p in obj["text"]])
+            if label == NOISE:
+                continue
+            box = tuple(float(v) for v in ctx.locations.decode_boxes(bins, size))
+            out.append(Detection(box=box, label=label, score=self._score(obj, probs)))
+        return out
+
+    def _score(self, obj, probs) -> float:
+        if probs is None:
+            return 1.0
+        lp = lambda ps: [float(probs[p]) for p in ps if p < len(probs)]  # noqa: E731
+        label, coords = lp(obj["text"]), lp(obj["loc"])
+        if self.score == "label" and label:
+            total = sum(label)
+        else:
+            both = label + coords
+            total = sum(both) / max(len(both), 1)
+        return math.exp(total) if math.isfinite(total) else 0.0
+
+    def metric(self, predictions, examples) -> dict[str, float]:
+        from ..metrics import coco_detection_map
+        truth = [[{"box": b, "label": l} for b, l in zip(e.meta.get("boxes", []), e.meta.get("labels", []))]
+                 for e in examples]
+        return coco_detection_map(predictions, truth)
