@@ -9,6 +9,7 @@ import importlib
 _EXPORTS = {
     "TextTokenizer": ".text",
     "LocationTokenizer": ".locations",
+    "ImageTokenizer": ".image",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,607 @@
+"""Readers for the datasets users already have on disk, all yielding the shared sample schema.
+
+Every reader is a :class:`Source`: a sequence whose items are sample dicts (``image`` PIL RGB,
+``objects``, ``caption``, ``qa``, ``refexps``, ``depth``, ``label``; any key may be absent), so
+every task can be trained from any source that carries what the task needs. Annotation files are
+parsed and validated when the source is opened; images (and masks, depth maps) are read only when
+a sample is fetched.
+
+A bad record raises :class:`~unio.errors.DataError` naming the file and the line or record, or,
+with ``on_bad_record="skip"``, is left out and counted in ``source.skipped``.
+
+Formats (the ``source:`` name in a recipe, then its keys):
+
+========== ===================================================================================
+shapes     the built-in shapes world: ``seed``, ``image_size``, ``max_objects``, ``n``
+coco       COCO ``images`` folder + ``captions`` and/or ``instances`` JSON (unio.data.coco)
+vqa        VQAv2 ``images`` folder + ``questions`` + ``annotations`` JSON (unio.data.coco)
+refcoco    RefCOCO ``images`` + ``refs`` (JSON or the original .p) + ``instances`` (unio.data.coco)
+classes    ImageNet-style ``root`` with one folder per class; optional ``labels`` file
+depth      ``images`` + ``depth`` folders matched by file stem: 16-bit PNG in mm or .npy in m
+masks      ``images`` + ``masks`` folders matched by file stem: non-zero pixels are the object
+jsonl      a manifest, one JSON record per line (see :class:`JsonlSource`)
+========== ===================================================================================
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError, ImageError
+from ..images import load_image
+
+__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "IMAGE_EXTENSIONS",
+           "ClassFolderSource", "DepthFolderSource", "MaskFolderSource", "JsonlSource", "ShapesSource"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# Keys every source spec may carry, used by the mixture and the evaluator, not by the reader.
+COMMON_KEYS = {"source", "weight", "tasks", "n", "on_bad_record"}
+
+
+class BadRecords:
+    """What to do with a malformed record: raise (``"error"``) or count and go on (``"skip"``)."""
+
+    def __init__(self, policy: str = "error"):
+        if policy not in ("error", "skip"):
+            raise DataError(f"on_bad_record must be 'error' or 'skip', got {policy!r}")
+        self.policy, self.count, self.examples = policy, 0, []
+
+    def __call__(self, where: str, problem: str) -> None:
+        if self.policy == "error":
+            raise DataError(f"{where}: {problem}; fix or remove the record, or set "
+                            "data.on_bad_record: skip to leave such records out")
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {problem}")
+
+
+class Source:
+    """A sequence of samples read from files. Subclasses fill ``self.records`` and ``_load``."""
+
+    name = "source"
+    #: path keys (required, optional) and option defaults a recipe spec may give this source
+    REQUIRED: tuple[str, ...] = ()
+    OPTIONAL_PATHS: tuple[str, ...] = ()
+    OPTIONS: dict[str, Any] = {}
+
+    def __init__(self, on_bad_record: str = "error"):
+        self.bad = on_bad_record if isinstance(on_bad_record, BadRecords) else BadRecords(on_bad_record)
+        self.records: list = []
+
+    @property
+    def skipped(self) -> int:
+        return self.bad.count
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def limit(self, n: int) -> None:
+        """Keep only the first ``n`` samples."""
+        self.records = self.records[:n]
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name} source has {len(self)} samples, index {index} is out of range")
+        record = self.records[index]
+        try:
+            return self._load(record)
+        except ImageError as exc:
+            raise DataError(f"{self._where(record)}: {exc}") from None
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def _load(self, record) -> dict:
+        raise NotImplementedError
+
+    def _text_fields(self, record) -> dict:
+        """The text-bearing fields of a record (no image read); by default the loaded sample."""
+        return self._load(record)
+
+    def texts(self, limit: int | None = None) -> list[str]:
+        """Captions, questions, answers, expressions and labels of the first records (tokenizer corpus)."""
+        out: list[str] = []
+        for record in self.records[:limit]:
+            out.extend(sample_texts(self._text_fields(record)))
+        return out
+
+    def _where(self, record) -> str:
+        return f"{self.name} record"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} samples, {self.skipped} bad records skipped)"
+
+
+# ----------------------------------------------------------------------------- helpers
+def sample_texts(sample: dict) -> list[str]:
+    """Every text of a sample: captions, questions and answers, expressions, labels."""
+    out: list[str] = []
+    cap = sample.get("caption")
+    out.extend([cap] if isinstance(cap, str) else list(cap or []))
+    for q, a in sample.get("qa") or []:
+        out += [q, a]
+    out.extend(e for e, _ in sample.get("refexps") or [])
+    out.extend(o["label"] for o in sample.get("objects") or [] if o.get("label"))
+    if sample.get("label"):
+        out.append(sample["label"])
+    return [str(t) for t in out if t]
+
+
+def read_json(path: Path, what: str = "annotation file"):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist; check the path in the recipe")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}); "
+                        "fix the file or export it again") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8 JSON") from None
+
+
+def check_box(box, size: tuple[int, int] | None = None) -> tuple[float, float, float, float] | str:
+    """A valid (x1, y1, x2, y2) tuple of floats, or a string saying what is wrong with ``box``."""
+    try:
+        vals = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return f"box {box!r} is not a list of 4 numbers"
+    if len(vals) != 4:
+        return f"box {box!r} has {len(vals)} numbers, expected 4 (x1, y1, x2, y2)"
+    if not all(math.isfinite(v) for v in vals):
+        return f"box {box!r} contains NaN or infinity"
+    x1, y1, x2, y2 = vals
+    if x2 <= x1 or y2 <= y1:
+        return f"box {box!r} has no area (x2 must exceed x1 and y2 exceed y1)"
+    if size is not None and (x2 <= 0 or y2 <= 0 or x1 >= size[0] or y1 >= size[1]):
+        return f"box {box!r} lies outside the {size[0]}x{size[1]} image"
+    return (x1, y1, x2, y2)
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Tight pixel box (x1, y1, x2, y2) of a boolean mask, or None when it is empty."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Integer label array (H, W) of a mask image (palette, grey or RGB: any non-zero is foreground)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im if im.mode in ("P", "L", "I", "I;16", "1") else im.convert("L"))
+    except OSError as exc:
+        raise DataError(f"could not read mask {path} ({exc}); masks must be PNG images") from None
+    return arr.astype(np.int64)
+
+
+def read_depth(path: Path, png_scale: float) -> np.ndarray:
+    """Depth map in metres, float32 (H, W): 16-bit PNG values times ``png_scale``, or a .npy in metres."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"could not read depth map {path} ({exc}); save it with numpy.save") from None
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 2:
+            raise DataError(f"depth map {path} has shape {arr.shape}; it must be (H, W) in metres")
+        arr = arr.astype(np.float32)
+    else:
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im).astype(np.float32) * float(png_scale)
+        except OSError as exc:
+            raise DataError(f"could not read depth map {path} ({exc}); use 16-bit PNG (mm) or .npy (m)") from None
+        if arr.ndim != 2:
+            raise DataError(f"depth map {path} has {arr.shape[-1]} channels; depth PNGs must be single-channel "
+                            "16-bit images in millimetres")
+    if not np.isfinite(arr).all():
+        raise DataError(f"depth map {path} contains NaN or infinite values; store missing depth as 0")
+    return arr
+
+
+def files_by_stem(folder: Path, extensions, what: str) -> dict[str, Path]:
+    """{stem: path} of the files directly in ``folder`` with one of ``extensions``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist; check the path in the recipe")
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in extensions:
+            out.setdefault(p.stem, p)
+    return out
+
+
+def _same_size(where: str, image: Image.Image, arr: np.ndarray, what: str) -> None:
+    if arr.shape[:2] != (image.height, image.width):
+        raise DataError(f"{where}: the {what} is {arr.shape[1]}x{arr.shape[0]} but the image is "
+                        f"{image.width}x{image.height}; they must have the same size")
+
+
+# ----------------------------------------------------------------------------- folder formats
+class ClassFolderSource(Source):
+    """ImageNet-style classification: ``root/<class>/<image>``; the folder name is the label unless
+    ``labels`` (a JSON object or a text file of ``folder label`` lines) maps it to a text label."""
+
+    name = "classes"
+    REQUIRED = ("root",)
+    OPTIONAL_PATHS = ("labels",)
+
+    def __init__(self, root, labels=None, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"class folder root {self.root} does not exist; check the path in the recipe")
+        names = self._label_map(Path(labels)) if labels else {}
+        classes = sorted(d for d in self.root.iterdir() if d.is_dir())
+        if not classes:
+            raise DataError(f"{self.root} has no class sub-folders; put each class's images in root/<class>/")
+        for d in classes:
+            label = names.get(d.name, d.name.replace("_", " "))
+            for p in sorted(d.iterdir()):
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                    self.records.append((p, label))
+        self.classes = sorted({label for _, label in self.records})
+
+    @staticmethod
+    def _label_map(path: Path) -> dict[str, str]:
+        if path.suffix.lower() == ".json":
+            data = read_json(path, "label map")
+            if not isinstance(data, dict):
+                raise DataError(f"{path} must be a JSON object {{folder: label}}")
+            return {str(k): str(v) for k, v in data.items()}
+        if not path.is_file():
+            raise DataError(f"label map {path} does not exist; check the path in the recipe")
+        out = {}
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                parts = line.strip().split(None, 1)
+                if len(parts) != 2:
+                    raise DataError(f"{path} line {lineno}: expected 'folder label', got {line!r}")
+                out[parts[0]] = parts[1].split(",")[0].strip()  # ImageNet lists synonyms; keep the first
+        return out
+
+    def _where(self, record) -> str:
+        return str(record[0])
+
+    def _text_fields(self, record) -> dict:
+        return {"label": record[1]}
+
+    def _load(self, record) -> dict:
+        path, label = record
+        return {"image": load_image(path), "label": label, "path": str(path)}
+
+
+class DepthFolderSource(Source):
+    """Image + depth folders matched by file stem. Depth is 16-bit PNG in millimetres (``png_scale``
+    0.001 turns it into metres; NYU-v2 and KITTI ship this way) or float .npy in metres. Zero marks
+    missing depth, as in those datasets."""
+
+    name = "depth"
+    REQUIRED = ("images", "depth")
+    OPTIONS = {"png_scale": 0.001}
+
+    def __init__(self, images, depth, png_scale=0.001, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        self.png_scale = float(png_scale)
+        imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
+        maps = files_by_stem(Path(depth), (".png", ".npy"), "depth")
+        for stem, path in imgs.items():
+            if stem in maps:
+                self.records.append((path, maps[stem]))
+            else:
+                self.bad(str(path), f"no depth map named {stem}.png or {stem}.npy in {depth}")
+        if not self.records:
+            raise DataError(f"no image in {images} has a depth map with the same name in {depth}")
+
+    def _text_fields(self, record) -> dict:
+        return {}
+
+    def _where(self, record) -> str:
+        return str(record[0])
+
+    def _load(self, record) -> dict:
+        image = load_image(record[0])
+        depth = read_depth(record[1], self.png_scale)
+        _same_size(str(record[1]), image, depth, "depth map")
+        return {"image": image, "depth": depth, "objects": [], "path": str(record[0])}
+
+
+class MaskFolderSource(Source):
+    """Image + mask folders matched by file stem. Non-zero mask pixels are the object, named
+    ``label``; with ``instances: true`` each distinct non-zero value is a separate object."""
+
+    name = "masks"
+    REQUIRED = ("images", "masks")
+    OPTIONS = {"label": "object", "instances": False}
+
+    def __init__(self, images, masks, label="object", instances=False, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        self.label, self.instances = str(label), bool(instances)
+        imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
+        maps = files_by_stem(Path(masks), (".png", ".bmp", ".tif", ".tiff", ".gif"), "mask")
+        for stem, path in imgs.items():
+            if stem in maps:
+                self.records.append((path, maps[stem]))
+            else:
+                self.bad(str(path), f"no mask named {stem}.png in {masks}")
+        if not self.records:
+            raise DataError(f"no image in {images} has a mask with the same name in {masks}")
+        self.object_labels = [self.label]
+
+    def _text_fields(self, record) -> dict:
+        return {"label": self.label}
+
+    def _where(self, record) -> str:
+        return str(record[0])
+
+    def _load(self, record) -> dict:
+        image = load_image(record[0])
+        labels = read_mask(record[1])
+        _same_size(str(record[1]), image, labels, "mask")
+        values = [v for v in np.unique(labels) if v != 0] if self.instances else [None]
+        objects = []
+        for v in values:
+            mask = labels != 0 if v is None else labels == v
+            box = mask_box(mask)
+            if box is not None:
+                objects.append({"box": box, "label": self.label, "mask": mask})
+        sample = {"image": image, "objects": objects, "path": str(record[0])}
+        if len(objects) == 1:
+            sample["refexps"] = [(self.label, 0)]
+        return sample
+
+
+# ----------------------------------------------------------------------------- JSONL manifest
+class JsonlSource(Source):
+    """A manifest with one JSON object per line. Keys (all but ``image`` optional)::
+
+        {"image": "img/0001.jpg",                       # relative to ``root`` (default: the manifest's folder)
+         "caption": "a dog" | ["a dog", "a brown dog"],
+         "question": "what is it?", "answer": "a dog",  # or "qa": [["what is it?", "a dog"], ...]
+         "objects": [{"box": [x1, y1, x2, y2], "label": "dog", "mask": "masks/0001_0.png"}],
+         "refexps": [["the brown dog", 0]],              # expression, index into objects
+         "label": "dog",                                 # class, for classification
+         "mask": "masks/0001.png", "mask_label": "dog",  # one object given by a mask file
+         "depth": "depth/0001.png"}                      # 16-bit PNG in mm or .npy in m
+
+    ``box_format: xywh`` reads boxes as COCO's (x, y, width, height).
+    """
+
+    name = "jsonl"
+    REQUIRED = ("path",)
+    OPTIONAL_PATHS = ("root",)
+    OPTIONS = {"box_format": "xyxy", "png_scale": 0.001}
+    KNOWN = {"image", "caption", "question", "answer", "qa", "objects", "refexps", "label", "mask",
+             "mask_label", "depth", "id"}
+
+    def __init__(self, path, root=None, box_format="xyxy", png_scale=0.001, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"manifest {self.path} does not exist; check the path in the recipe")
+        if box_format not in ("xyxy", "xywh"):
+            raise DataError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
+        self.root = Path(root) if root else self.path.parent
+        self.box_format, self.png_scale = box_format, float(png_scale)
+        with open(self.path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{self.path} line {lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    self.bad(where, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                    continue
+                problem = self._check(rec)
+                if problem:
+                    self.bad(where, problem)
+                else:
+                    self.records.append((lineno, rec))
+        if not self.records:
+            raise DataError(f"manifest {self.path} has no usable records")
+        self.classes = sorted({str(r["label"]) for _, r in self.records if "label" in r})
+        self.object_labels = sorted({str(o.get("label", "object")) for _, r in self.records
+                                     for o in r.get("objects", [])})
+
+    def _text_fields(self, record) -> dict:
+        rec = dict(record[1])
+        qa = [tuple(p) for p in rec.get("qa", [])] + ([(rec["question"], rec["answer"])] if "question" in rec else [])
+        return {"caption": rec.get("caption"), "qa": qa, "refexps": rec.get("refexps"),
+                "objects": rec.get("objects"), "label": rec.get("label")}
+
+    def _file(self, name) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.root / p
+
+    def _check(self, rec) -> str | None:
+        if not isinstance(rec, dict):
+            return f"a record must be a JSON object, got {type(rec).__name__}"
+        unknown = sorted(set(rec) - self.KNOWN)
+        if unknown:
+            return f"unknown key(s) {unknown}; known keys: {sorted(self.KNOWN)}"
+        if not isinstance(rec.get("image"), str):
+            return "no 'image' path"
+        for key in ("image", "mask", "depth"):
+            if key in rec and not self._file(rec[key]).is_file():
+                return f"{key} file {self._file(rec[key])} does not exist"
+        cap = rec.get("caption")
+        if cap is not None and not (isinstance(cap, str) or (isinstance(cap, list) and all(isinstance(c, str) for c in cap))):
+            return "caption must be a string or a list of strings"
+        if ("question" in rec) != ("answer" in rec):
+            return "'question' and 'answer' must come together"
+        qa = rec.get("qa", [])
+        if not isinstance(qa, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in qa):
+            return "qa must be a list of [question, answer] pairs"
+        objects = rec.get("objects", [])
+        if not isinstance(objects, list):
+            return "objects must be a list"
+        for k, obj in enumerate(objects):
+            if not isinstance(obj, dict) or "box" not in obj:
+                return f"object {k} has no 'box'"
+            box = self._box(obj["box"])
+            if isinstance(box, str):
+                return f"object {k}: {box}"
+            if "mask" in obj and not self._file(obj["mask"]).is_file():
+                return f"object {k}: mask file {self._file(obj['mask'])} does not exist"
+        for k, ref in enumerate(rec.get("refexps", [])):
+            if not (isinstance(ref, (list, tuple)) and len(ref) == 2 and isinstance(ref[1], int)
+                    and 0 <= ref[1] < len(objects)):
+                return f"refexps[{k}] must be [expression, index of one of the {len(objects)} objects]"
+        return None
+
+    def _box(self, box):
+        if self.box_format == "xywh" and isinstance(box, (list, tuple)) and len(box) == 4:
+            try:
+                x, y, w, h = (float(v) for v in box)
+                box = (x, y, x + w, y + h)
+            except (TypeError, ValueError):
+                pass
+        return check_box(box)
+
+    def _where(self, record) -> str:
+        return f"{self.path} line {record[0]}"
+
+    def _load(self, record) -> dict:
+        lineno, rec = record
+        where = self._where(record)
+        image = load_image(self._file(rec["image"]))
+        sample: dict[str, Any] = {"image": image, "path": str(self._file(rec["image"]))}
+        if "caption" in rec:
+            sample["caption"] = rec["caption"]
+        qa = [tuple(p) for p in rec.get("qa", [])]
+        if "question" in rec:
+            qa.insert(0, (rec["question"], rec["answer"]))
+        if qa:
+            sample["qa"] = [(str(q), str(a)) for q, a in qa]
+        objects = []
+        for obj in rec.get("objects", []):
+            o = {"box": self._box(obj["box"]), "label": str(obj.get("label", "object"))}
+            if "mask" in obj:
+                m = read_mask(self._file(obj["mask"]))
+                _same_size(where, image, m, "mask")
+                o["mask"] = m != 0
+            objects.append(o)
+        if "mask" in rec:
+            m = read_mask(self._file(rec["mask"]))
+            _same_size(where, image, m, "mask")
+            box = mask_box(m != 0)
+            if box is not None:
+                objects.append({"box": box, "label": str(rec.get("mask_label", "object")), "mask": m != 0})
+        if objects or "objects" in rec:
+            sample["objects"] = objects
+        if rec.get("refexps"):
+            sample["refexps"] = [(str(e), int(i)) for e, i in rec["refexps"]]
+        if "label" in rec:
+            sample["label"] = str(rec["label"])
+        if "depth" in rec:
+            depth = read_depth(self._file(rec["depth"]), self.png_scale)
+            _same_size(where, image, depth, "depth map")
+            sample["depth"] = depth
+        return sample
+
+
+# ----------------------------------------------------------------------------- shapes world
+class ShapesSource(Source):
+    """The procedural shapes world (unio.data.shapes): endless unless ``n`` is given."""
+
+    name = "shapes"
+    OPTIONS = {"seed": 0, "image_size": 64, "max_objects": 4, "min_objects": 1}
+    ENDLESS = 2 ** 31 - 1  # ShapesWorld's own length: any index below it is a fresh scene
+
+    def __init__(self, seed=0, image_size=64, max_objects=4, min_objects=1, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        from .shapes import ShapesWorld
+
+        self.world = ShapesWorld(image_size=int(image_size), seed=int(seed), max_objects=int(max_objects),
+                                 min_objects=int(min_objects))
+        self.n: int | None = None
+
+    @property
+    def endless(self) -> bool:
+        return self.n is None
+
+    def limit(self, n: int) -> None:
+        self.n = int(n)
+
+    def texts(self, limit: int | None = None) -> list[str]:
+        from .shapes import shapes_texts
+
+        w = self.world
+        n = min(limit or 20000, len(self))
+        return list(shapes_texts(n, seed=w.seed, image_size=w.image_size, max_objects=w.max_objects))
+
+    def __len__(self) -> int:
+        return self.ENDLESS if self.n is None else self.n
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"shapes source has {len(self)} samples, index {index} is out of range")
+        return self.world[int(index)]
+
+
+# ----------------------------------------------------------------------------- registry
+# name -> "module:Class"; the COCO-family readers live in unio.data.coco and load on first use.
+SOURCES: dict[str, str] = {
+    "shapes": "formats:ShapesSource",
+    "coco": "coco:CocoSource",
+    "vqa": "coco:VqaSource",
+    "refcoco": "coco:RefcocoSource",
+    "classes": "formats:ClassFolderSource",
+    "depth": "formats:DepthFolderSource",
+    "masks": "formats:MaskFolderSource",
+    "jsonl": "formats:JsonlSource",
+}
+
+
+def _source_class(name: str) -> type[Source]:
+    if name not in SOURCES:
+        raise DataError(f"unknown data source {name!r}; use one of {sorted(SOURCES)}")
+    import importlib
+
+    module, cls = SOURCES[name].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+
+
+def source_keys(name: str) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:
+    """(required path keys, optional path keys, option defaults) a spec of source ``name`` accepts."""
+    cls = _source_class(name)
+    return cls.REQUIRED, cls.OPTIONAL_PATHS, dict(cls.OPTIONS)
+
+
+def open_source(spec: dict, on_bad_record: str | BadRecords = "error") -> Source:
+    """Open the source a recipe's data entry describes, e.g. ``{source: jsonl, path: train.jsonl}``.
+
+    ``n`` keeps the first n samples; ``weight`` and ``tasks`` belong to the mixture and are ignored here.
+    """
+    spec = dict(spec)
+    name = spec.pop("source", None)
+    if name is None:
+        raise DataError(f"data entry {spec} has no 'source'; use one of {sorted(SOURCES)}")
+    cls = _source_class(name)
+    policy = spec.pop("on_bad_record", on_bad_record)
+    n = spec.pop("n", None)
+    for key in COMMON_KEYS:
+        spec.pop(key, None)
+    allowed = set(cls.REQUIRED) | set(cls.OPTIONAL_PATHS) | set(cls.OPTIONS)
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise DataError(f"the {name} source does not take {unknown}; it takes {sorted(allowed | COMMON_KEYS)}")
+    missing = [k for k in cls.REQUIRED if spec.get(k) in (None, "")]
+    if missing:
+        raise DataError(f"the {name} source needs {missing}, e.g. {{source: {name}, "
+                        + ", ".join(f"{k}: ..." for k in cls.REQUIRED) + "}")
+    source = cls(**spec, on_bad_record=policy)
+    if n is not None:
+        source.limit(int(n))
+    return source

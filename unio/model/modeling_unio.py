@@ -1,0 +1,620 @@
+"""The unified encoder-decoder, top to bottom in one file.
+
+norm -> rotary positions -> attention -> gated MLP -> blocks -> patch stem -> encoder -> decoder -> model.
+
+The encoder reads ``[image patches ; prompt tokens]`` and the decoder writes global ids of the unified
+vocabulary (unio.vocab), as in Pix2Seq, OFA, Unified-IO and Florence-2. Blocks follow the current
+recipe of large Transformers: pre-norm RMSNorm, QK-norm (Dehghani et al. 2023, ViT-22B; Unified-IO 2),
+SwiGLU MLP (Shazeer 2020), rotary positions (Su et al. 2021), no biases, and every attention through
+``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels where available).
+Generation, beam search, sampling and logits processors are transformers' ``GenerationMixin``; the KV
+cache is transformers' ``EncoderDecoderCache`` of two ``DynamicCache``.
+
+Shapes: B batch, N encoder tokens (patches + prompt), T decoder tokens, H heads, D head size, C d_model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from ..errors import InputError
+from .configuration_unio import UnioConfig, check_vocab
+
+__all__ = ["UnioForConditionalGeneration", "UnioPreTrainedModel", "UnioEncoderOutput", "shift_tokens_right"]
+
+
+# ----------------------------------------------------------------------------- norm and positions
+def _rms_forward(x, weight, eps):
+    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()  # (..., 1)
+    return torch.mul(x, r).mul_(weight), r
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-written backward. On CPU ``F.rms_norm`` is a chain of unfused ops whose
+    autograd backward makes about ten passes over the activations; this one makes six. With QK-norm
+    there are up to six norms per block, and they were the largest non-matmul cost of a CPU step."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        out, r = _rms_forward(x, weight, eps)
+        ctx.save_for_backward(x, weight, r)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, r = ctx.saved_tensors
+        y = x * r  # the normalised input
+        grad_weight = (grad * y).sum_to_size(weight.shape) if ctx.needs_input_grad[1] else None
+        gy = grad * weight
+        dot = (gy * y).mean(dim=-1, keepdim=True)
+        return torch.addcmul(gy, y, dot, value=-1).mul_(r), grad_weight, None
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019) over the last dim; ``shape`` may add leading
+    broadcast dims to the weight, e.g. (2, 1, D) normalises queries and keys in one call with their own
+    weights. Computed in float32 under bf16."""
+
+    def __init__(self, shape: int | tuple[int, ...], eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return self(x.float()).to(x.dtype)
+        if x.is_cuda:  # fused kernel there
+            return F.rms_norm(x, x.shape[-1:], None, self.eps) * self.weight
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _RMSNormFunction.apply(x, self.weight, self.eps)
+        return _rms_forward(x, self.weight, self.eps)[0]
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """Rotary embedding tables (T, 1, 1, D) for tokens at ``positions``, half-split layout (GPT-NeoX,
+    Llama). The sign of rotate-half is folded into ``sin``, so rotating is x*cos + roll(x)*sin."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq  # (T, D/2)
+    cos, sin = angles.cos(), angles.sin()
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # (T, D)
+    return cos.to(dtype)[:, None, None], sin.to(dtype)[:, None, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, T, ..., D) queries/keys by position (Su et al. 2021, RoFormer)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+# ----------------------------------------------------------------------------- attention
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: one fused q/k/v projection, QK-norm and rotary positions applied to
+    queries and keys together."""
+
+    def __init__(self, config: UnioConfig, num_branches: int, layer_idx: int | None = None):
+        super().__init__()
+        self.num_heads, self.head_dim, self.layer_idx = config.num_heads, config.head_dim, layer_idx
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.qk_norm = RMSNorm((2, 1, self.head_dim), config.norm_eps)  # [q weight ; k weight]
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.out.residual_branches = num_branches  # read by _init_weights (scaled residual init)
+
+    def forward(self, x, cos, sin, attn_mask=None, is_causal=False, cache=None):
+        B, T, C = x.shape
+        # split / unbind rather than indexing: their backward writes all gradients in one concatenation
+        qk, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).split((2, 1), dim=2)
+        qk = apply_rotary(self.qk_norm(qk), cos, sin)  # (B, T, 2, H, D)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, D)
+        v = v.squeeze(2).transpose(1, 2)  # (B, H, T, D)
+        if cache is not None:  # decoder under generation: append to and read back the whole history
+            k, v = cache.update(k, v, self.layer_idx)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention. Keys and values of the encoder output are computed once per
+    generation and kept in the cross-attention half of the ``EncoderDecoderCache``."""
+
+    def __init__(self, config: UnioConfig, num_branches: int, layer_idx: int | None = None):
+        super().__init__()
+        self.num_heads, self.head_dim, self.layer_idx = config.num_heads, config.head_dim, layer_idx
+        self.dropout = config.dropout
+        self.q = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.kv = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.out.residual_branches = num_branches
+
+    def forward(self, x, encoder_states, encoder_mask=None, cache: EncoderDecoderCache | None = None):
+        B, T, C = x.shape
+        q = self.q_norm(self.q(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            k, v = layer.keys, layer.values
+        else:
+            N = encoder_states.shape[1]
+            k, v = self.kv(encoder_states).view(B, N, 2, self.num_heads, self.head_dim).unbind(2)
+            k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, H, N, D)
+            if cache is not None:
+                k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=encoder_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused into one matmul."""
+
+    def __init__(self, config: UnioConfig, num_branches: int):
+        super().__init__()
+        self.gate_up = nn.Linear(config.d_model, 2 * config.d_ff, bias=False)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.down.residual_branches = num_branches
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+# ----------------------------------------------------------------------------- blocks
+class EncoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: UnioConfig):
+        super().__init__()
+        branches = 2 * config.encoder_layers
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = SelfAttention(config, branches)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = GatedMLP(config, branches)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos=None, sin=None, attn_mask=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, attn_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class DecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: UnioConfig, layer_idx: int):
+        super().__init__()
+        branches = 3 * config.decoder_layers
+        self.self_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.self_attn = SelfAttention(config, branches, layer_idx)
+        self.cross_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.cross_attn = CrossAttention(config, branches, layer_idx)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = GatedMLP(config, branches)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, encoder_states, cos=None, sin=None, self_mask=None, is_causal=False, encoder_mask=None,
+                past_key_values: EncoderDecoderCache | None = None):
+        self_cache = past_key_values.self_attention_cache if past_key_values is not None else None
+        x = x + self.drop(self.self_attn(self.self_norm(x), cos, sin, self_mask, is_causal, self_cache))
+        x = x + self.drop(self.cross_attn(self.cross_norm(x), encoder_states, encoder_mask, past_key_values))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+# ----------------------------------------------------------------------------- encoder
+class PatchStem(nn.Module):
+    """Image (B, 3, S, S) -> one token per P x P patch (B, N, C).
+
+    "linear" is ViT's linear projection of each flattened patch (written as a stride-P convolution).
+    "conv" is the convolutional stem of Xiao et al. 2021 ("Early convolutions help Transformers see
+    better"): log2(P) stride-2 3x3 convolutions, then a 1x1 projection. The default is "linear": on
+    the box-reading toy task of benchmarks/model_speed.py (--stem-study) it reached the same loss in
+    fewer steps than "conv" at the tiny size; see that script for the figures.
+    """
+
+    def __init__(self, config: UnioConfig):
+        super().__init__()
+        P, C = config.patch_size, config.d_model
+        if config.patch_stem == "linear":
+            self.proj = nn.Conv2d(3, C, P, stride=P)
+        else:
+            n = int(math.log2(P))
+            widths = [max(C >> (n - i), 8) for i in range(n)]  # C/2^n, ..., C/2
+            layers, ch = [], 3
+            for w in widths:
+                layers += [nn.Conv2d(ch, w, 3, stride=2, padding=1), nn.GELU()]
+                ch = w
+            layers.append(nn.Conv2d(ch, C, 1))
+            self.proj = nn.Sequential(*layers)
+
+    def forward(self, pixel_values):
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+@dataclass
+class UnioEncoderOutput(BaseModelOutput):
+    """Encoder states plus the (B, N) bool mask of the encoder tokens the decoder may attend to
+    (None when all are valid). Keeping the mask here lets ``generate`` expand it for beams together
+    with the states, whatever mixture of image-less and padded samples the batch holds."""
+
+    attention_mask: torch.Tensor | None = None
+
+
+class UnioEncoder(nn.Module):
+    """Bidirectional Transformer over [image patches ; prompt tokens].
+
+    Positions: patches get learned 2-D position embeddings, one row and one column vector per grid
+    index added together (as Pix2Struct does). Images always arrive letterboxed to the same square, so
+    nothing needs to extrapolate; an additive table costs nothing per layer (2-D RoPE would rotate q and
+    k in every layer); and a factorised row + column table gives each vector G times more training
+    signal than a full G x G grid, which matters for small-data training. Prompt tokens get 1-D rotary
+    positions, so prompts have no length cap; patches get the identity rotation (position 0), so
+    text-patch attention depends on content and modality alone. A learned modality vector tells patch
+    tokens from text tokens.
+    """
+
+    main_input_name = "input_ids"  # read by GenerationMixin._prepare_model_inputs
+
+    def __init__(self, config: UnioConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.config = config
+        G, C = config.grid_size, config.d_model
+        self.embed_tokens = embed_tokens  # shared with the decoder and the output layer
+        self.patch_stem = PatchStem(config)
+        self.row_embed = nn.Parameter(torch.zeros(G, C))
+        self.col_embed = nn.Parameter(torch.zeros(G, C))
+        self.modality_embed = nn.Parameter(torch.zeros(2, C))  # 0: image patch, 1: prompt token
+        self.mask_embed = nn.Parameter(torch.zeros(C))  # replaces masked patches (inpainting)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+        self.norm = RMSNorm(C, config.norm_eps)
+
+    def embed_image(self, pixel_values, patch_mask=None):
+        cfg = self.config
+        S, G = cfg.image_size, cfg.grid_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
+            raise InputError(f"pixel_values must be (B, 3, {S}, {S}) (images letterboxed to image_size={S}, "
+                             f"e.g. with unio.images.letterbox), got {tuple(pixel_values.shape)}")
+        pixel_values = pixel_values.to(self.row_embed.dtype)
+        if patch_mask is not None:
+            patch_mask = patch_mask.to(device=pixel_values.device, dtype=torch.bool)
+            if patch_mask.shape[1:] == (G * G,):
+                patch_mask = patch_mask.view(-1, G, G)
+            if patch_mask.shape != (pixel_values.shape[0], G, G):
+                raise InputError(f"patch_mask must be bool (B, {G}, {G}) or (B, {G * G}) for a {G}x{G} patch grid, "
+                                 f"got {tuple(patch_mask.shape)}")
+            # Blank the masked pixels too: a convolutional stem would otherwise see them across patch borders.
+            P = cfg.patch_size
+            pixel_mask = patch_mask.repeat_interleave(P, 1).repeat_interleave(P, 2)[:, None]
+            pixel_values = pixel_values.masked_fill(pixel_mask, 0.0)
+        x = self.patch_stem(pixel_values)  # (B, N, C)
+        if patch_mask is not None:
+            x = torch.where(patch_mask.view(x.shape[0], -1, 1), self.mask_embed.to(x.dtype), x)
+        pos = (self.row_embed[:, None] + self.col_embed[None, :]).view(G * G, -1)  # (N, C)
+        return x + (pos + self.modality_embed[0])
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, patch_mask=None, has_image=None,
+                output_attentions=None, output_hidden_states=None, return_dict=True) -> UnioEncoderOutput:
+        """Encode a batch.
+
+        Args:
+            pixel_values: (B, 3, S, S) floats in [-1, 1], letterboxed; None for image-less batches.
+            input_ids: (B, L) prompt ids (global ids of the unified vocabulary), right-padded.
+            attention_mask: (B, L) 1 for prompt tokens, 0 for padding.
+            patch_mask: bool (B, S/P, S/P) or (B, N): patches replaced by a learned mask embedding.
+            has_image: bool (B,): False for samples of a mixed batch that have no image (their
+                pixel_values are ignored: no encoder or decoder token attends to their patches).
+        """
+        parts, valid = [], []
+        B = None
+        if pixel_values is not None:
+            img = self.embed_image(pixel_values, patch_mask)
+            B, N = img.shape[:2]
+            parts.append(img)
+            if has_image is not None:
+                has_image = torch.as_tensor(has_image, dtype=torch.bool, device=img.device)
+                if has_image.shape != (B,):
+                    raise InputError(f"has_image must be bool (B,) = ({B},), got {tuple(has_image.shape)}")
+                valid.append(has_image[:, None].expand(B, N))
+            else:
+                valid.append(None)
+        elif patch_mask is not None:
+            raise InputError("patch_mask was given without pixel_values; pass the image whose patches it masks")
+        L = 0 if input_ids is None else input_ids.shape[1]
+        if input_ids is not None and L > 0:
+            if B is not None and input_ids.shape[0] != B:
+                raise InputError(f"pixel_values hold {B} images but input_ids hold {input_ids.shape[0]} prompts")
+            B = input_ids.shape[0]
+            V = self.embed_tokens.num_embeddings
+            if int(input_ids.min()) < 0 or int(input_ids.max()) >= V:
+                raise InputError(f"input_ids must be global ids in [0, {V}); got values in "
+                                 f"[{int(input_ids.min())}, {int(input_ids.max())}] (pad prompts with the pad id, not -100)")
+            parts.append(self.embed_tokens(input_ids) + self.modality_embed[1])
+            if attention_mask is not None and attention_mask.shape != input_ids.shape:
+                raise InputError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                                 f"{tuple(input_ids.shape)}")
+            valid.append(None if attention_mask is None else attention_mask.bool())
+        if not parts:
+            raise InputError("the encoder needs pixel_values, input_ids, or both")
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, N, C)
+
+        mask = None
+        if any(v is not None for v in valid):
+            mask = torch.cat([torch.ones(p.shape[:2], dtype=torch.bool, device=x.device) if v is None else v
+                              for p, v in zip(parts, valid)], dim=1)  # (B, N)
+            if bool(mask.all()):
+                mask = None  # no mask lets SDPA take its fastest path
+            elif not bool(mask.any(dim=1).all()):
+                raise InputError("a sample has neither an image (has_image=False) nor any prompt token; give "
+                                 "every sample at least one of the two")
+
+        # rotary tables: identity for patches, positions 0..L-1 for prompt tokens
+        cos, sin = rotary_tables(torch.arange(L, device=x.device), self.config.head_dim, self.config.rope_theta,
+                                 x.dtype)  # (L, 1, 1, D)
+        n_img = x.shape[1] - L
+        if n_img:
+            cos = torch.cat((cos.new_ones((n_img,) + cos.shape[1:]), cos))
+            sin = torch.cat((sin.new_zeros((n_img,) + sin.shape[1:]), sin))
+
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N) broadcast over heads, queries
+        hidden_states = (x,) if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, cos=cos, sin=sin, attn_mask=attn_mask)
+            if output_hidden_states:
+                hidden_states += (x,)
+        x = self.norm(x)
+        out = UnioEncoderOutput(last_hidden_state=x, hidden_states=hidden_states, attention_mask=mask)
+        return out if return_dict else out.to_tuple()
+
+
+# ----------------------------------------------------------------------------- decoder
+class UnioDecoder(nn.Module):
+    """Causal Transformer over unified-vocabulary ids with cross-attention to the encoder; 1-D rotary
+    positions, so target length is not capped (detection targets run to a few hundred tokens)."""
+
+    def __init__(self, config: UnioConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+
+    def forward(self, input_ids, encoder_hidden_states, encoder_attention_mask=None, attention_mask=None,
+                past_key_values: EncoderDecoderCache | None = None, output_hidden_states=False):
+        B, T = input_ids.shape
+        x = self.embed_tokens(input_ids)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        positions = torch.arange(past, past + T, device=x.device)
+        cos, sin = rotary_tables(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+
+        # Right-padded targets need no mask: causality alone keeps padding out of real tokens' view.
+        # An explicit mask is built only for padding inside the history or several new tokens after a cache.
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        self_mask, is_causal = None, False
+        if past == 0 and not padded:
+            is_causal = T > 1
+        elif T > 1 or padded:
+            keys = torch.arange(past + T, device=x.device)
+            self_mask = (keys[None, :] <= positions[:, None])[None, None]  # (1, 1, T, past + T)
+            if padded:
+                key_ok = attention_mask.bool()[:, -(past + T):]
+                self_mask = self_mask & (key_ok[:, None, None, :] | (keys[None, :] == positions[:, None]))
+
+        encoder_mask = None if encoder_attention_mask is None else encoder_attention_mask[:, None, None, :]
+        hidden_states = (x,) if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, encoder_hidden_states, cos=cos, sin=sin, self_mask=self_mask, is_causal=is_causal,
+                      encoder_mask=encoder_mask, past_key_values=past_key_values)
+            if output_hidden_states:
+                hidden_states += (x,)
+        return self.norm(x), hidden_states
+
+
+# ----------------------------------------------------------------------------- model
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: [start, y_0, ..., y_{T-2}], ignored (-100) labels -> pad."""
+    shifted = labels.new_empty(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+class UnioPreTrainedModel(PreTrainedModel):
+    config_class = UnioConfig
+    config: UnioConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            # GPT-2's scaled init: each residual branch's output projection shrinks with the number of
+            # branches summed into the residual stream, so activations stay O(1) at any depth.
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(getattr(module, "residual_branches", 1)))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.lecun_normal_(module.weight)  # unit-variance outputs from unit-variance pixels (ViT)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, UnioEncoder):
+            for p in (module.row_embed, module.col_embed, module.modality_embed, module.mask_embed):
+                init.normal_(p, mean=0.0, std=std)
+
+
+class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
+    """Encoder over [image patches ; prompt] -> decoder over the unified vocabulary.
+
+    ``model(pixel_values, input_ids, attention_mask, labels=labels)`` returns a ``Seq2SeqLMOutput``
+    with the loss; ``model.generate(pixel_values=..., input_ids=..., max_new_tokens=...)`` decodes with
+    any of transformers' strategies. Padded vocabulary ids (>= ``config.used_vocab_size``) get -inf
+    logits and are never generated.
+    """
+
+    # The encoder's and decoder's token tables are the shared one: saved once, re-tied on load.
+    _tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+
+    def __init__(self, config: UnioConfig):
+        super().__init__(config)
+        # One embedding table for prompt tokens, decoder inputs and the output layer (T5, Pix2Seq).
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = UnioEncoder(config, self.shared)
+        self.decoder = UnioDecoder(config, self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.shared
+
+    def set_input_embeddings(self, value):
+        self.shared = self.encoder.embed_tokens = self.decoder.embed_tokens = value
+
+    def get_encoder(self, modality=None):
+        return self.encoder
+
+    def get_decoder(self):
+        return self.decoder
+
+    @classmethod
+    def from_pretrained(cls, *args, vocab=None, **kwargs):
+        """``from_pretrained(path, vocab=UnifiedVocab(...))`` refuses a checkpoint made with other tokenizers."""
+        model = super().from_pretrained(*args, **kwargs)
+        if vocab is not None:
+            check_vocab(model.config, vocab)
+        return model
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        label_weights: torch.Tensor | None = None,
+        encoder_outputs: UnioEncoderOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        use_cache: bool | None = None,
+        cache_position: torch.Tensor | None = None,  # accepted for API compatibility; positions come from the cache
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = True,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        """One teacher-forced pass, or one decoding step under ``generate``.
+
+        ``labels`` (B, T) are global ids with -100 ignored; without ``decoder_input_ids`` they are shifted
+        right behind ``config.decoder_start_token_id``. ``label_weights`` (B, T) weight each token's loss
+        (Pix2Seq's sequence augmentation): loss = sum(w * ce) / sum(w) over the non-ignored tokens.
+        Attention weights are never materialised (SDPA), so ``output_attentions`` returns none.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(pixel_values, input_ids, attention_mask, patch_mask, has_image,
+                                           output_hidden_states=output_hidden_states)
+        elif not isinstance(encoder_outputs, UnioEncoderOutput):  # a tuple or another library's output
+            states = encoder_outputs[0]
+            mask = attention_mask.bool() if attention_mask is not None and attention_mask.shape == states.shape[:2] \
+                else None
+            encoder_outputs = UnioEncoderOutput(last_hidden_state=states, attention_mask=mask)
+
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None:
+                decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
+                                                       self.config.decoder_start_token_id)
+        if decoder_input_ids is None:
+            raise InputError("forward needs decoder_input_ids or labels (generate() supplies them itself)")
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        elif isinstance(past_key_values, DynamicCache):
+            past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
+
+        h, decoder_hidden_states = self.decoder(
+            decoder_input_ids, encoder_outputs.last_hidden_state, encoder_outputs.attention_mask,
+            decoder_attention_mask, past_key_values if use_cache else None, output_hidden_states)
+        bias = None
+        if self.config.used_vocab_size < self.config.vocab_size:  # padding ids are never predicted
+            bias = h.new_zeros(self.config.vocab_size)
+            bias[self.config.used_vocab_size:] = float("-inf")
+        logits = F.linear(h, self.shared.weight, bias)  # (B, T, V): tied output layer
+
+        loss = None
+        if labels is not None:
+            loss = token_loss(logits, labels, label_weights, self.config.used_vocab_size)
+
+        out = Seq2SeqLMOutput(
+            loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None,
+            decoder_hidden_states=decoder_hidden_states,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states)
+        return out if return_dict or return_dict is None else out.to_tuple()
+
+    # ------------------------------------------------------------------ generation hooks
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        for name in ("pixel_values", "patch_mask", "has_image"):  # already consumed by the encoder
+            inputs.pop(name, None)
+        return inputs
+
+    def _maybe_initialize_input_ids_for_generation(self, inputs=None, bos_token_id=None, model_kwargs=None):
+        # An image with no prompt: an empty prompt, rather than transformers' default of a bos token.
+        if inputs is None and model_kwargs and model_kwargs.get("pixel_values") is not None \
+                and model_kwargs.get("encoder_outputs") is None:
+            pixels = model_kwargs["pixel_values"]
+            return torch.zeros((pixels.shape[0], 0), dtype=torch.long, device=pixels.device)
+        return super()._maybe_initialize_input_ids_for_generation(inputs, bos_token_id, model_kwargs)
+
+    # ------------------------------------------------------------------ measurement
+    def estimate_flops(self, src_len: int, tgt_len: int, batch_size: int = 1, backward: bool = True) -> float:
+        """Matmul FLOPs of one pass over ``batch_size`` samples of ``src_len`` encoder tokens (patches +
+        prompt) and ``tgt_len`` target tokens; x3 with the backward pass (nanoGPT's estimate_mfu, counted
+        matrix by matrix). Causal self-attention counts half its square; norms and softmax are not counted."""
+        c = self.config
+        C, F_, S, T = c.d_model, c.d_ff, src_len, tgt_len
+        mlp = 2 * 3 * C * F_
+        enc = c.encoder_layers * S * (2 * 4 * C * C + mlp + 2 * 2 * S * C)
+        dec = c.decoder_layers * (T * (2 * 4 * C * C + 2 * 2 * (T / 2) * C)  # self-attention
+                                  + T * 2 * 2 * C * C + S * 2 * 2 * C * C + T * 2 * 2 * S * C  # cross-attention
+                                  + T * mlp)
+        head = T * 2 * C * c.vocab_size
+        patches = c.num_patches * 2 * 3 * c.patch_size ** 2 * C if S >= c.num_patches else 0
+        flops = batch_size * (enc + dec + head + patches)
+        return 3 * flops if backward else flops
+
+    def estimate_flops_per_token(self, src_len: int, tgt_len: int, backward: bool = True) -> float:
+        """:meth:`estimate_flops` of one sample divided by its target tokens."""
+        return self.estimate_flops(src_len, tgt_len, 1, backward) / tgt_len
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+               used_vocab_size: int | None = None) -> torch.Tensor:
+    """Token cross-entropy with -100 ignored; with ``weights`` a weighted mean over non-ignored tokens."""
+    if labels.shape != logits.shape[:2]:
+        raise InputError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(logits.shape[:2])}")
+    used = used_vocab_size or logits.shape[-1]
+    bad = (labels != -100) & ((labels < 0) | (labels >= used))
+    if bool(bad.any()):
+        raise InputError(f"labels must be -100 (ignored) or global ids in [0, {used}); got {labels[bad][:5].tolist()}")
+    flat_logits, flat_labels = logits.float().view(-1, logits.shape[-1]), labels.reshape(-1)
+    if weights is None:
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+    if weights.shape != labels.shape:
+        raise InputError(f"label_weights {tuple(weights.shape)} must match labels {tuple(labels.shape)}")
+    ce = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none")
+    w = weights.reshape(-1).to(ce.dtype) * (flat_labels != -100)
+    return (ce * w).sum() / w.sum().clamp_min(1e-8)
