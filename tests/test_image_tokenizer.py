@@ -189,6 +189,7 @@ def test_bad_folders_raise_tokenizer_errors(tmp_path, tok):
 @pytest.mark.parametrize("kwargs, message", [(dict(downsample=4), "downsample must be 8 or 16"),
                                              (dict(quantizer="rq"), "unknown quantizer"),
                                              (dict(quantizer="lfq", codebook_size=1000), "power-of-2"),
+                                             (dict(levels=(8, 2)), "levels must each be >= 3"),
                                              (dict(channels=(8, 8)), "one width per resolution"),
                                              (dict(image_size=36), "not a multiple of downsample")])
 def test_bad_configs(kwargs, message):
@@ -223,4 +224,4 @@ def test_shipped_shapes_tokenizer_reconstructs_shapes():
     assert float(psnr(tok.decode(codes), x).mean()) > PSNR_FLOOR
 
 
-PSNR_FLOOR = 24.0  # set below the shipped tokenizer's measured held-out PSNR (tokenizers/shapes/README.md)
+PSNR_FLOOR = 25.0  # the shipped tokenizer measures ~28 dB on held-out scenes (tokenizers/shapes/README.md)

@@ -49,7 +49,7 @@ class ImageTokenizerConfig:
     res_blocks: int = 1              # residual blocks per resolution (encoder; the decoder gets one more)
     quantizer: str = "fsq"           # fsq | vq | lfq
     levels: tuple[int, ...] = (8, 8, 6, 5)   # fsq: levels per latent dim (codebook = product)
-    codebook_size: int = 1024        # vq / lfq (lfq: a power of 2)
+    codebook_size: int = 1024        # vq / lfq (lfq: a power of 2); fsq: set to the product of levels
     codebook_dim: int = 8            # vq: low-dimensional codebook (ViT-VQGAN); lfq ignores it
     use_cosine_sim: bool = True      # vq: l2-normalised codes (ViT-VQGAN)
     kmeans_init: bool = True         # vq: initialise the codebook by k-means on the first batch
@@ -75,6 +75,10 @@ class ImageTokenizerConfig:
                 f"{int(math.log2(self.downsample // self.stem)) + 1} entries, got {len(self.channels)}")
         if self.quantizer not in ("fsq", "vq", "lfq"):
             raise TokenizerError(f"unknown quantizer {self.quantizer!r}; use fsq, vq or lfq")
+        if self.quantizer == "fsq":
+            if min(self.levels, default=0) < 3:
+                raise TokenizerError(f"fsq levels must each be >= 3 (e.g. 8,8,6,5), got {list(self.levels)}")
+            self.codebook_size = int(np.prod(self.levels))
         if self.quantizer == "lfq" and (self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1)):
             raise TokenizerError(f"lfq needs a power-of-2 codebook_size, got {self.codebook_size}")
         if self.image_size % self.downsample:
