@@ -50,7 +50,8 @@ def main(argv=None) -> dict:
     t, m = recipe["train"], recipe["model"]
     sources = [open_source(s, recipe["data"]["on_bad_record"]) for s in recipe["data"]["train"]]
     ctx = TaskContext.from_dir(recipe["tokenizers"], image_size=m["image_size"], patch_size=m["patch_size"],
-                               prompts_dir=recipe["prompts"], classes=_classes(recipe, sources))
+                               prompts_dir=recipe["prompts"], classes=_classes(recipe, sources),
+                               num_bins=recipe["num_bins"])
     B = t["batch_size"]
     tasks = [s["tasks"] for s in recipe["data"]["train"]]
     weights = [s.get("weight", 1.0) for s in recipe["data"]["train"]]

@@ -18,6 +18,7 @@ RECIPE = """\
 # unio train micro.yaml
 model: {preset: tiny, image_size: 32, patch_size: 8, d_model: 64, encoder_layers: 1, decoder_layers: 1, num_heads: 2}
 tokenizers: tokenizers/shapes
+num_bins: 100
 data:
   train:
     - {source: shapes, seed: 0, image_size: 32, tasks: {caption: 1, vqa: 1, detect: 1, ground: 1, describe_region: 0.5,
@@ -117,6 +118,7 @@ def test_export_then_load_then_predict(runs):
     assert isinstance(pipe.ask(image, "What color is the circle?"), str)
     assert isinstance(pipe.detect(image), list)
     assert json.loads((out / "unio.json").read_text())["step"] == 8
+    assert pipe.ctx.vocab.num_bins == 100  # the recipe's location bins travel with the model
     # an older checkpoint on request; a missing one is a clear error
     assert json.loads((export(runs["full"], runs["tmp"] / "export4", step=4) / "unio.json").read_text())["step"] == 4
     with pytest.raises(CheckpointError, match="no checkpoint for step 5 .* available: step00000004, step00000008"):
@@ -186,7 +188,9 @@ def _torchrun(tmp_path, tokenizers, stage):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "unio", "train", str(recipe), "--set", f"out={out}", "--set", f"deepspeed={stage}",
            "--set", f"tokenizers={tokenizers}",
-           "--set", "train.steps=3", "--set", "train.save_every=0", "--set", "data.eval=[]"]
+           "--set", "train.steps=3", "--set", "train.save_every=0"]
+    if stage != "zero3":  # ZeRO-3 evaluates too: its weights are gathered from both ranks first
+        cmd += ["--set", "data.eval=[]"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -207,6 +211,7 @@ def test_two_cpu_processes(runs, tmp_path, stage):
     tag = (out / "checkpoints" / "latest").read_text()
     assert {f"rng_rank{r}.pt" for r in (0, 1)} <= {p.name for p in (out / "checkpoints" / tag).iterdir()}
     if stage == "zero3":
+        assert {"caption/bleu4", "vqa/exact_match"} <= set(_records(out / "eval.jsonl")[-1])
         from unio.train import export
         assert (export(out, tmp_path / "export") / "model.safetensors").is_file()
 
@@ -268,3 +273,24 @@ out: {tmp_path}/run
     assert pipe.ctx.vocab.fingerprint == unio.load(init).ctx.vocab.fingerprint
     assert "panel" in pipe.classes["object"]  # the new label joins the ones the model knew
     assert isinstance(pipe.caption(tmp_path / "0.png"), str)
+
+
+def test_deepspeed_config_is_filled_from_the_recipe(tmp_path, monkeypatch):
+    from unio.train import build_ds_config
+
+    monkeypatch.chdir(ROOT)
+    cfg = build_ds_config(_recipe(tmp_path, tmp_path / "r", "deepspeed=zero3-offload", "train.micro_batch_size=2"),
+                          world_size=2, use_cuda=False)
+    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (8, 2, 2)
+    assert cfg["gradient_clipping"] == 1.0 and cfg["bf16"]["enabled"] is False
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["zero_force_ds_cpu_optimizer"] is False
+    with pytest.raises(RecipeError, match="batch_size 8 must be a multiple of train.micro_batch_size 3 x 2"):
+        build_ds_config(_recipe(tmp_path, tmp_path / "r", "train.micro_batch_size=3"), world_size=2, use_cuda=False)
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({"train_batch_size": 32, "zero_optimization": {"stage": 1}}))
+    with pytest.raises(RecipeError, match="sets train_batch_size=32 but the recipe implies 8"):
+        build_ds_config(_recipe(tmp_path, tmp_path / "r", f"deepspeed={fixed}"), world_size=1, use_cuda=False)
+    sched = tmp_path / "sched.json"
+    sched.write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
+    with pytest.raises(RecipeError, match="has a scheduler section"):
+        build_ds_config(_recipe(tmp_path, tmp_path / "r", f"deepspeed={sched}"), world_size=1, use_cuda=False)

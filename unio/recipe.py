@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         # ...plus any UnioConfig field (d_model, encoder_layers, dropout, patch_stem, ...) as an override
     },
     "tokenizers": "tokenizers/shapes",  # folder with text.model and image/ (ignored with model.init)
+    "num_bins": 1000,              # location bins (Pix2Seq: 1000 for 1333 px images; small images need fewer)
     "text_tokenizer": {
         "train": False,            # train a SentencePiece model on the training data's texts first
         "vocab_size": 4000,
@@ -304,6 +305,8 @@ def resolve(recipe: dict, source: str = "<recipe>") -> dict:
             d["eval_tasks"] = [s.strip() for s in d["eval_tasks"].split(",") if s.strip()]
         _check_tasks(d["eval_tasks"], "data.eval_tasks")
 
+    if recipe["num_bins"] < 2:
+        raise RecipeError(f"num_bins must be >= 2, got {recipe['num_bins']}")
     tt = recipe["text_tokenizer"]
     if tt["train"] and model.get("init"):
         raise RecipeError("text_tokenizer.train cannot be combined with model.init: a fine-tuned model keeps its tokenizers")

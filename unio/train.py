@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError, DataError, RecipeError, TaskError
+from .errors import CheckpointError, RecipeError
 
 __all__ = ["main", "train", "export", "build_ds_config", "WarmupCosine", "latest_tag"]
 
@@ -113,6 +113,9 @@ def build_ds_config(recipe: dict, world_size: int, use_cuda: bool) -> dict:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RecipeError(f"deepspeed: {path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    if "scheduler" in cfg:
+        raise RecipeError(f"deepspeed: {path} has a scheduler section, but the schedule is the recipe's "
+                          "(train.lr, warmup, min_lr_ratio: linear warmup then cosine); remove the section")
     t = recipe["train"]
     B = t["batch_size"]
     micro = t["micro_batch_size"] or max(1, B // world_size)
@@ -324,73 +327,74 @@ def _set_rng_state(state: dict) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 class Evaluator:
-    """Held-out examples per task (built once, canonical prompts), scored with each task's parse and
-    metric. Ranks share the examples and the generation (synced under ZeRO-3, whose parameters
-    are gathered layer by layer by all ranks together)."""
+    """Periodic held-out evaluation through :func:`unio.evaluate.evaluate` (each task's canonical
+    prompt, generation through the Pipeline, parse and metric: the numbers ``unio eval`` reports).
 
-    def __init__(self, recipe: dict, ctx, tasks: list[str], rank: int, world: int, zero3: bool):
+    Rank 0 evaluates while the others wait. Under ZeRO-3 no rank holds whole weights, so all ranks
+    first gather them, parameter by parameter, into a plain copy of the model on rank 0. The global
+    RNG state is left as it was, so evaluating never changes the training that follows.
+    """
+
+    def __init__(self, recipe: dict, tasks: list[str], rank: int, zero3: bool, explicit: bool):
         from .data.formats import open_source
         from .tasks import get_task
 
-        self.rank, self.world, self.zero3 = rank, world, zero3
-        self.examples: dict[str, list] = {}
-        n, skip = recipe["train"]["eval_n"], recipe["data"]["on_bad_record"] == "skip"
-        sources = [open_source(spec, recipe["data"]["on_bad_record"]) for spec in recipe["data"]["eval"]]
-        for name in tasks:
-            task, built = get_task(name), []
-            for s in sources:
-                for i in range(min(len(s), 50 * n)):
-                    if len(built) >= n:
-                        break
-                    try:
-                        sample = s[i]
-                        if task.can_build(sample):
-                            built.append(task.build(sample, ctx, None))
-                    except TaskError:  # a sample the task cannot use
-                        continue
-                    except DataError:
-                        if skip:
-                            continue
-                        raise
-            if built:
-                self.examples[name] = built
+        self.n, self.rank, self.zero3 = recipe["train"]["eval_n"], rank, zero3
+        self.plan: list[tuple[dict, list[str]]] = []  # (data entry, the tasks it can serve)
+        for i, spec in enumerate(recipe["data"]["eval"]):
+            source = open_source(spec, recipe["data"]["on_bad_record"])
+            samples = [source[j] for j in range(min(len(source), 50))]
+            served = [t for t in tasks if any(get_task(t).can_build(x) for x in samples)]
+            if explicit and len(served) < len(tasks):  # fail now, not at the first evaluation
+                missing = sorted(set(tasks) - set(served))
+                raise RecipeError(f"data.eval[{i}] cannot serve the task(s) {missing}: its samples lack what they "
+                                  "need (captions, questions, boxes, depth, ...); change data.eval_tasks")
+            if served:
+                self.plan.append((spec, served))
 
-    def __call__(self, model, ctx, batch_size: int = 32) -> dict[str, float]:
+    def __call__(self, engine, ctx, step: int) -> dict[str, float]:
         import torch.distributed as dist
 
+        from .evaluate import evaluate
         from .pipeline import Pipeline
-        from .tasks import get_task
 
-        pipe = Pipeline(model, ctx, batch_size=batch_size)
-        results: dict[str, float] = {}
-        was_training = model.training
-        model.eval()
-        for name, examples in self.examples.items():
-            task = get_task(name)
-            mine = list(range(self.rank, len(examples), self.world))
-            per_rank = -(-len(examples) // self.world)
-            mine += mine[-1:] * (per_rank - len(mine)) if mine else [0] * per_rank  # equal work under ZeRO-3
-            preds = []
-            for i in range(0, per_rank, batch_size):
-                chunk = [examples[j] for j in mine[i:i + batch_size]]
-                gen_kw = dict(task.generation_kwargs(ctx))
-                if self.zero3 and self.world > 1:
-                    gen_kw["synced_gpus"] = True
-                procs = task.logits_processors(ctx, chunk[0], batch=chunk)
-                want = getattr(task, "needs_scores", False) or name in ("detect", "classify", "classify_region")
-                for ex, (ids, lp, raw) in zip(chunk, pipe._generate(chunk, procs, gen_kw, want)):
-                    preds.append(task.parse(ids, ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta))
-            gathered = [None] * self.world if self.rank == 0 else None
-            dist.gather_object(list(zip(mine, preds)), gathered, dst=0)
+        scores: dict[str, float] = {}
+        devices = [engine.device] if torch.device(engine.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            model = self._whole_model(engine) if self.zero3 else engine.module
             if self.rank == 0:
-                by_index = {}
-                for part in gathered:
-                    by_index.update(dict(part))
-                ordered = [by_index[j] for j in range(len(examples))]
-                for key, value in task.metric(ordered, examples).items():
-                    results[f"{name}/{key}"] = float(value)
-        model.train(was_training)
-        return results
+                was_training = model.training
+                model.eval()
+                pipe = Pipeline(model, ctx, {"step": step})
+                for k, (spec, tasks) in enumerate(self.plan):
+                    results = evaluate(pipe, spec, tasks=tasks, n=self.n, progress=False)
+                    prefix = f"eval{k}/" if len(self.plan) > 1 else ""
+                    for task, metrics in results.items():
+                        if task == "run":
+                            continue
+                        for key, value in metrics.items():
+                            if key not in ("n", "seconds", "bad_samples") and isinstance(value, (int, float)):
+                                scores[f"{prefix}{task}/{key}"] = float(value)
+                model.train(was_training)
+        dist.barrier()
+        return scores
+
+    def _whole_model(self, engine):
+        """Rank 0: a full copy of the ZeRO-3 partitioned model (None elsewhere); a collective."""
+        import deepspeed
+
+        from .model import UnioForConditionalGeneration
+
+        module = engine.module
+        copy = UnioForConditionalGeneration(module.config) if self.rank == 0 else None
+        target = dict(copy.named_parameters()) if copy is not None else {}
+        for name, param in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if copy is not None:
+                    target[name].data.copy_(param.data.float())
+        if copy is not None:
+            copy.to(engine.device, next(module.parameters()).dtype)
+        return copy
 
 
 # ----------------------------------------------------------------------------- training
@@ -423,16 +427,17 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
     _prepare_run(recipe, run, resume, rank)
     dist.barrier()
 
-    if m["init"]:
+    if m["init"]:  # a fine-tuned model keeps its input size and vocabulary
         meta = json.loads((Path(m["init"]) / "unio.json").read_text())
         m["image_size"], m["patch_size"] = meta["image_size"], meta["patch_size"]
+        recipe["num_bins"] = meta.get("num_bins", recipe["num_bins"])
     sources = [open_source(spec, d["on_bad_record"]) for spec in d["train"]]
     for i, s in enumerate(sources):
         if s.skipped and rank == 0:
             print(f"data.train[{i}]: skipped {s.skipped} bad records, e.g. {s.bad.examples[0]}", file=sys.stderr)
     classes = _classes(recipe, sources)
     ctx = TaskContext.from_dir(run / "tokenizers", image_size=m["image_size"], patch_size=m["patch_size"],
-                               prompts_dir=recipe["prompts"], classes=classes)
+                               prompts_dir=recipe["prompts"], classes=classes, num_bins=recipe["num_bins"])
     model = _build_model(recipe, ctx)
     if rank == 0:  # what export needs besides the weights: the run directory stands on its own
         model.config.save_pretrained(run)
@@ -452,8 +457,8 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
     task_names = sorted({k for s in d["train"] for k in s["tasks"]})
     evaluator = None
     if d["eval"]:
-        evaluator = Evaluator(recipe, ctx, d["eval_tasks"] or task_names, rank, world,
-                              zero3=engine.zero_optimization_stage() == 3)
+        evaluator = Evaluator(recipe, d["eval_tasks"] or task_names, rank, zero3=engine.zero_optimization_stage() == 3,
+                              explicit=d["eval_tasks"] is not None)
     writer = _tensorboard(run) if rank == 0 else None
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
     window = _Window(task_names, engine.device)
@@ -471,8 +476,9 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
             if rank == 0:
                 bar.set_postfix(loss=f"{last['loss']:.4f}", samples_per_s=f"{last['samples_per_s']:.1f}")
                 _log(run / "metrics.jsonl", writer, "train", last)
+        paused = time.perf_counter()  # evaluation and saving do not count against throughput
         if evaluator and ((t["eval_every"] and step % t["eval_every"] == 0) or step == t["steps"]):
-            scores = evaluator(engine.module, ctx)
+            scores = evaluator(engine, ctx, step)
             if rank == 0:
                 _log(run / "eval.jsonl", writer, "eval", {"step": step, **scores})
                 tqdm.write(f"step {step} eval: " + ", ".join(f"{k}={v:.3f}" for k, v in scores.items()))
@@ -480,6 +486,7 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
         if (t["save_every"] and step % t["save_every"] == 0) or step == t["steps"]:
             client = {"step": step, "data": mixture.state_after(step), "samples_skipped": dataset.skipped}
             _save(engine, ckpt_dir, step, client, rank, t["keep_checkpoints"])
+        window.t0 += time.perf_counter() - paused
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
@@ -671,7 +678,9 @@ def export(run_dir, out_dir, step: int | None = None) -> Path:
     model.tie_weights()
     classes = json.loads((run / "classes.json").read_text()) if (run / "classes.json").is_file() else {}
     ctx = TaskContext.from_dir(run / "tokenizers", image_size=config.image_size, patch_size=config.patch_size,
-                               prompts_dir=run / "prompts", classes=classes)
+                               prompts_dir=run / "prompts" if (run / "prompts").is_dir() else recipe.get("prompts"),
+                               classes=classes,
+                               num_bins=(config.vocab_layout or {}).get("num_bins", 1000))
     out = save_export(out_dir, model, ctx, {"step": int(tag[4:]), "trained": True,
                                             "preset": recipe.get("model", {}).get("preset"),
                                             "run": str(run.resolve())})

@@ -72,6 +72,7 @@ class Mixture:
             names = list(t)
             self.task_names.append(names)
             self.task_p.append(np.asarray([float(t[n]) for n in names]) / sum(float(t[n]) for n in names))
+        self.task_cdf = [np.cumsum(p) for p in self.task_p]
         for i, s in enumerate(self.sources):
             if len(s) == 0:
                 raise DataError(f"data.train[{i}] has no samples")
@@ -90,7 +91,7 @@ class Mixture:
         draws = []
         for slot in range(self.batch_size):
             i = int(src[slot])
-            k = min(int(np.searchsorted(np.cumsum(self.task_p[i]), u[slot], side="right")), len(self.task_p[i]) - 1)
+            k = min(int(np.searchsorted(self.task_cdf[i], u[slot], side="right")), len(self.task_cdf[i]) - 1)
             draws.append(Draw(step, slot, i, self.task_names[i][k], self._index(i, self.counters[i])))
             self.counters[i] += 1
         self.step += 1
