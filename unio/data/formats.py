@@ -16,10 +16,10 @@ shapes     the built-in shapes world: ``seed``, ``image_size``, ``max_objects``,
 coco       COCO ``images`` folder + ``captions`` and/or ``instances`` JSON (unio.data.coco)
 vqa        VQAv2 ``images`` folder + ``questions`` + ``annotations`` JSON (unio.data.coco)
 refcoco    RefCOCO ``images`` + ``refs`` (JSON or the original .p) + ``instances`` (unio.data.coco)
-classes    ImageNet-style ``root`` with one folder per class; optional ``labels`` file
-depth      ``images`` + ``depth`` folders matched by file stem: 16-bit PNG in mm or .npy in m
-masks      ``images`` + ``masks`` folders matched by file stem: non-zero pixels are the object
-jsonl      a manifest, one JSON record per line (see :class:`JsonlSource`)
+classes    ImageNet-style ``root`` with one folder per class; optional ``labels`` file (unio.data.folders)
+depth      ``images`` + ``depth`` folders matched by stem: 16-bit PNG in mm or .npy in m (unio.data.folders)
+masks      ``images`` + ``masks`` folders matched by stem: non-zero pixels are the object (unio.data.folders)
+jsonl      a manifest, one JSON record per line (unio.data.jsonl)
 ========== ===================================================================================
 """
 from __future__ import annotations
@@ -33,10 +33,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, ImageError
-from ..images import load_image
 
-__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "IMAGE_EXTENSIONS",
-           "ClassFolderSource", "DepthFolderSource", "MaskFolderSource", "JsonlSource", "ShapesSource"]
+__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "IMAGE_EXTENSIONS", "ShapesSource",
+           "sample_texts", "read_json", "check_box", "mask_box", "read_mask", "read_depth", "files_by_stem", "same_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # Keys every source spec may carry, used by the mixture and the evaluator, not by the reader.
@@ -221,294 +220,10 @@ def files_by_stem(folder: Path, extensions, what: str) -> dict[str, Path]:
     return out
 
 
-def _same_size(where: str, image: Image.Image, arr: np.ndarray, what: str) -> None:
+def same_size(where: str, image: Image.Image, arr: np.ndarray, what: str) -> None:
     if arr.shape[:2] != (image.height, image.width):
         raise DataError(f"{where}: the {what} is {arr.shape[1]}x{arr.shape[0]} but the image is "
                         f"{image.width}x{image.height}; they must have the same size")
-
-
-# ----------------------------------------------------------------------------- folder formats
-class ClassFolderSource(Source):
-    """ImageNet-style classification: ``root/<class>/<image>``; the folder name is the label unless
-    ``labels`` (a JSON object or a text file of ``folder label`` lines) maps it to a text label."""
-
-    name = "classes"
-    REQUIRED = ("root",)
-    OPTIONAL_PATHS = ("labels",)
-
-    def __init__(self, root, labels=None, on_bad_record="error"):
-        super().__init__(on_bad_record)
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"class folder root {self.root} does not exist; check the path in the recipe")
-        names = self._label_map(Path(labels)) if labels else {}
-        classes = sorted(d for d in self.root.iterdir() if d.is_dir())
-        if not classes:
-            raise DataError(f"{self.root} has no class sub-folders; put each class's images in root/<class>/")
-        for d in classes:
-            label = names.get(d.name, d.name.replace("_", " "))
-            for p in sorted(d.iterdir()):
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                    self.records.append((p, label))
-        self.classes = sorted({label for _, label in self.records})
-
-    @staticmethod
-    def _label_map(path: Path) -> dict[str, str]:
-        if path.suffix.lower() == ".json":
-            data = read_json(path, "label map")
-            if not isinstance(data, dict):
-                raise DataError(f"{path} must be a JSON object {{folder: label}}")
-            return {str(k): str(v) for k, v in data.items()}
-        if not path.is_file():
-            raise DataError(f"label map {path} does not exist; check the path in the recipe")
-        out = {}
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                parts = line.strip().split(None, 1)
-                if len(parts) != 2:
-                    raise DataError(f"{path} line {lineno}: expected 'folder label', got {line!r}")
-                out[parts[0]] = parts[1].split(",")[0].strip()  # ImageNet lists synonyms; keep the first
-        return out
-
-    def _where(self, record) -> str:
-        return str(record[0])
-
-    def _text_fields(self, record) -> dict:
-        return {"label": record[1]}
-
-    def _load(self, record) -> dict:
-        path, label = record
-        return {"image": load_image(path), "label": label, "path": str(path)}
-
-
-class DepthFolderSource(Source):
-    """Image + depth folders matched by file stem. Depth is 16-bit PNG in millimetres (``png_scale``
-    0.001 turns it into metres; NYU-v2 and KITTI ship this way) or float .npy in metres. Zero marks
-    missing depth, as in those datasets."""
-
-    name = "depth"
-    REQUIRED = ("images", "depth")
-    OPTIONS = {"png_scale": 0.001}
-
-    def __init__(self, images, depth, png_scale=0.001, on_bad_record="error"):
-        super().__init__(on_bad_record)
-        self.png_scale = float(png_scale)
-        imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
-        maps = files_by_stem(Path(depth), (".png", ".npy"), "depth")
-        for stem, path in imgs.items():
-            if stem in maps:
-                self.records.append((path, maps[stem]))
-            else:
-                self.bad(str(path), f"no depth map named {stem}.png or {stem}.npy in {depth}")
-        if not self.records:
-            raise DataError(f"no image in {images} has a depth map with the same name in {depth}")
-
-    def _text_fields(self, record) -> dict:
-        return {}
-
-    def _where(self, record) -> str:
-        return str(record[0])
-
-    def _load(self, record) -> dict:
-        image = load_image(record[0])
-        depth = read_depth(record[1], self.png_scale)
-        _same_size(str(record[1]), image, depth, "depth map")
-        return {"image": image, "depth": depth, "objects": [], "path": str(record[0])}
-
-
-class MaskFolderSource(Source):
-    """Image + mask folders matched by file stem. Non-zero mask pixels are the object, named
-    ``label``; with ``instances: true`` each distinct non-zero value is a separate object."""
-
-    name = "masks"
-    REQUIRED = ("images", "masks")
-    OPTIONS = {"label": "object", "instances": False}
-
-    def __init__(self, images, masks, label="object", instances=False, on_bad_record="error"):
-        super().__init__(on_bad_record)
-        self.label, self.instances = str(label), bool(instances)
-        imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
-        maps = files_by_stem(Path(masks), (".png", ".bmp", ".tif", ".tiff", ".gif"), "mask")
-        for stem, path in imgs.items():
-            if stem in maps:
-                self.records.append((path, maps[stem]))
-            else:
-                self.bad(str(path), f"no mask named {stem}.png in {masks}")
-        if not self.records:
-            raise DataError(f"no image in {images} has a mask with the same name in {masks}")
-        self.object_labels = [self.label]
-
-    def _text_fields(self, record) -> dict:
-        return {"label": self.label}
-
-    def _where(self, record) -> str:
-        return str(record[0])
-
-    def _load(self, record) -> dict:
-        image = load_image(record[0])
-        labels = read_mask(record[1])
-        _same_size(str(record[1]), image, labels, "mask")
-        values = [v for v in np.unique(labels) if v != 0] if self.instances else [None]
-        objects = []
-        for v in values:
-            mask = labels != 0 if v is None else labels == v
-            box = mask_box(mask)
-            if box is not None:
-                objects.append({"box": box, "label": self.label, "mask": mask})
-        sample = {"image": image, "objects": objects, "path": str(record[0])}
-        if len(objects) == 1:
-            sample["refexps"] = [(self.label, 0)]
-        return sample
-
-
-# ----------------------------------------------------------------------------- JSONL manifest
-class JsonlSource(Source):
-    """A manifest with one JSON object per line. Keys (all but ``image`` optional)::
-
-        {"image": "img/0001.jpg",                       # relative to ``root`` (default: the manifest's folder)
-         "caption": "a dog" | ["a dog", "a brown dog"],
-         "question": "what is it?", "answer": "a dog",  # or "qa": [["what is it?", "a dog"], ...]
-         "objects": [{"box": [x1, y1, x2, y2], "label": "dog", "mask": "masks/0001_0.png"}],
-         "refexps": [["the brown dog", 0]],              # expression, index into objects
-         "label": "dog",                                 # class, for classification
-         "mask": "masks/0001.png", "mask_label": "dog",  # one object given by a mask file
-         "depth": "depth/0001.png"}                      # 16-bit PNG in mm or .npy in m
-
-    ``box_format: xywh`` reads boxes as COCO's (x, y, width, height).
-    """
-
-    name = "jsonl"
-    REQUIRED = ("path",)
-    OPTIONAL_PATHS = ("root",)
-    OPTIONS = {"box_format": "xyxy", "png_scale": 0.001}
-    KNOWN = {"image", "caption", "question", "answer", "qa", "objects", "refexps", "label", "mask",
-             "mask_label", "depth", "id"}
-
-    def __init__(self, path, root=None, box_format="xyxy", png_scale=0.001, on_bad_record="error"):
-        super().__init__(on_bad_record)
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"manifest {self.path} does not exist; check the path in the recipe")
-        if box_format not in ("xyxy", "xywh"):
-            raise DataError(f"box_format must be 'xyxy' or 'xywh', got {box_format!r}")
-        self.root = Path(root) if root else self.path.parent
-        self.box_format, self.png_scale = box_format, float(png_scale)
-        with open(self.path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.path} line {lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    self.bad(where, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                problem = self._check(rec)
-                if problem:
-                    self.bad(where, problem)
-                else:
-                    self.records.append((lineno, rec))
-        if not self.records:
-            raise DataError(f"manifest {self.path} has no usable records")
-        self.classes = sorted({str(r["label"]) for _, r in self.records if "label" in r})
-        self.object_labels = sorted({str(o.get("label", "object")) for _, r in self.records
-                                     for o in r.get("objects", [])})
-
-    def _text_fields(self, record) -> dict:
-        rec = dict(record[1])
-        qa = [tuple(p) for p in rec.get("qa", [])] + ([(rec["question"], rec["answer"])] if "question" in rec else [])
-        return {"caption": rec.get("caption"), "qa": qa, "refexps": rec.get("refexps"),
-                "objects": rec.get("objects"), "label": rec.get("label")}
-
-    def _file(self, name) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() else self.root / p
-
-    def _check(self, rec) -> str | None:
-        if not isinstance(rec, dict):
-            return f"a record must be a JSON object, got {type(rec).__name__}"
-        unknown = sorted(set(rec) - self.KNOWN)
-        if unknown:
-            return f"unknown key(s) {unknown}; known keys: {sorted(self.KNOWN)}"
-        if not isinstance(rec.get("image"), str):
-            return "no 'image' path"
-        for key in ("image", "mask", "depth"):
-            if key in rec and not self._file(rec[key]).is_file():
-                return f"{key} file {self._file(rec[key])} does not exist"
-        cap = rec.get("caption")
-        if cap is not None and not (isinstance(cap, str) or (isinstance(cap, list) and all(isinstance(c, str) for c in cap))):
-            return "caption must be a string or a list of strings"
-        if ("question" in rec) != ("answer" in rec):
-            return "'question' and 'answer' must come together"
-        qa = rec.get("qa", [])
-        if not isinstance(qa, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in qa):
-            return "qa must be a list of [question, answer] pairs"
-        objects = rec.get("objects", [])
-        if not isinstance(objects, list):
-            return "objects must be a list"
-        for k, obj in enumerate(objects):
-            if not isinstance(obj, dict) or "box" not in obj:
-                return f"object {k} has no 'box'"
-            box = self._box(obj["box"])
-            if isinstance(box, str):
-                return f"object {k}: {box}"
-            if "mask" in obj and not self._file(obj["mask"]).is_file():
-                return f"object {k}: mask file {self._file(obj['mask'])} does not exist"
-        for k, ref in enumerate(rec.get("refexps", [])):
-            if not (isinstance(ref, (list, tuple)) and len(ref) == 2 and isinstance(ref[1], int)
-                    and 0 <= ref[1] < len(objects)):
-                return f"refexps[{k}] must be [expression, index of one of the {len(objects)} objects]"
-        return None
-
-    def _box(self, box):
-        if self.box_format == "xywh" and isinstance(box, (list, tuple)) and len(box) == 4:
-            try:
-                x, y, w, h = (float(v) for v in box)
-                box = (x, y, x + w, y + h)
-            except (TypeError, ValueError):
-                pass
-        return check_box(box)
-
-    def _where(self, record) -> str:
-        return f"{self.path} line {record[0]}"
-
-    def _load(self, record) -> dict:
-        lineno, rec = record
-        where = self._where(record)
-        image = load_image(self._file(rec["image"]))
-        sample: dict[str, Any] = {"image": image, "path": str(self._file(rec["image"]))}
-        if "caption" in rec:
-            sample["caption"] = rec["caption"]
-        qa = [tuple(p) for p in rec.get("qa", [])]
-        if "question" in rec:
-            qa.insert(0, (rec["question"], rec["answer"]))
-        if qa:
-            sample["qa"] = [(str(q), str(a)) for q, a in qa]
-        objects = []
-        for obj in rec.get("objects", []):
-            o = {"box": self._box(obj["box"]), "label": str(obj.get("label", "object"))}
-            if "mask" in obj:
-                m = read_mask(self._file(obj["mask"]))
-                _same_size(where, image, m, "mask")
-                o["mask"] = m != 0
-            objects.append(o)
-        if "mask" in rec:
-            m = read_mask(self._file(rec["mask"]))
-            _same_size(where, image, m, "mask")
-            box = mask_box(m != 0)
-            if box is not None:
-                objects.append({"box": box, "label": str(rec.get("mask_label", "object")), "mask": m != 0})
-        if objects or "objects" in rec:
-            sample["objects"] = objects
-        if rec.get("refexps"):
-            sample["refexps"] = [(str(e), int(i)) for e, i in rec["refexps"]]
-        if "label" in rec:
-            sample["label"] = str(rec["label"])
-        if "depth" in rec:
-            depth = read_depth(self._file(rec["depth"]), self.png_scale)
-            _same_size(where, image, depth, "depth map")
-            sample["depth"] = depth
-        return sample
 
 
 # ----------------------------------------------------------------------------- shapes world
@@ -557,10 +272,10 @@ SOURCES: dict[str, str] = {
     "coco": "coco:CocoSource",
     "vqa": "coco:VqaSource",
     "refcoco": "coco:RefcocoSource",
-    "classes": "formats:ClassFolderSource",
-    "depth": "formats:DepthFolderSource",
-    "masks": "formats:MaskFolderSource",
-    "jsonl": "formats:JsonlSource",
+    "classes": "folders:ClassFolderSource",
+    "depth": "folders:DepthFolderSource",
+    "masks": "folders:MaskFolderSource",
+    "jsonl": "jsonl:JsonlSource",
 }
 
 
