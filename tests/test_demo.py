@@ -14,14 +14,6 @@ TASKS = {"caption", "vqa", "classify", "detect", "ground", "describe_region", "c
          "generate_image", "inpaint"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An untrained export: the shipped text tokenizer, a tiny untrained VQ tokenizer, a tiny network."""

@@ -49,15 +49,6 @@ def make_export(root, image_tokenizer=True):
                        d_model=64, encoder_layers=1, decoder_layers=1, num_heads=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A shared 2-core machine: one thread is much faster than two competing ones.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_export(tmp_path_factory.mktemp("tiny"))

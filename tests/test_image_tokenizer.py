@@ -13,15 +13,6 @@ from unio.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 TINY = dict(image_size=32, channels=(16, 16, 32))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: one thread is fastest, and several threads spin badly on a busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     torch.manual_seed(0)

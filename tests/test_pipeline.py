@@ -21,14 +21,6 @@ W, H = 300, 120
 TINY = dict(d_model=64, encoder_layers=1, decoder_layers=1, num_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tokenizer_dir(tmp_path_factory):
     """The shipped shapes tokenizers (a random VQ tokenizer stands in while none is shipped)."""
     shipped = data_path("tokenizers", "shapes")

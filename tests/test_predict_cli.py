@@ -21,14 +21,6 @@ from unio.tokenizers.image import ImageTokenizer
 W, H = 300, 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     shipped = data_path("tokenizers", "shapes")

@@ -20,15 +20,6 @@ from unio.tokenizers.image import ImageTokenizer
 W, H = 100, 64  # a non-square original frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions are fastest single-threaded, and the test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tokenizer_dir(tmp_path_factory, small=False):
     """The shipped shapes tokenizers; a small random VQ tokenizer where speed matters or none is shipped."""
     shipped = data_path("tokenizers", "shapes")
