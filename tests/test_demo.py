@@ -1,33 +1,19 @@
 """`unio demo`: the sheet and the metrics of one model on every task (a tiny untrained model here;
 the shipped shapes-demo model when it is installed)."""
 import json
-import shutil
 
 import pytest
-import torch
 from PIL import Image
 
 from unio import cli
-from unio.resources import data_path
 
 TASKS = {"caption", "vqa", "classify", "detect", "ground", "describe_region", "classify_region", "segment", "depth",
          "generate_image", "inpaint"}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """An untrained export: the shipped text tokenizer, a tiny untrained VQ tokenizer, a tiny network."""
-    from unio.pipeline import init_export
-    from unio.tasks import shapes_classes
-    from unio.tokenizers.image import ImageTokenizer
-    root = tmp_path_factory.mktemp("demo-model")
-    tok = root / "tokenizers"
-    tok.mkdir()
-    shutil.copy(data_path("tokenizers", "shapes") / "text.model", tok / "text.model")
-    torch.manual_seed(0)
-    ImageTokenizer(channels=(8, 8, 16), levels=(5, 5, 5)).save(tok / "image")
-    return init_export("tiny", tokenizers=tok, out=root / "model", classes=shapes_classes(), quiet=True,
-                       d_model=64, encoder_layers=1, decoder_layers=1, num_heads=1)
+def model_dir(micro_fast_export):
+    return micro_fast_export
 
 
 def test_demo_writes_sheet_and_metrics(model_dir, tmp_path, capsys):

@@ -6,17 +6,15 @@ that the JSON is strict, and that bad input gives a one-line error.
 """
 import json
 import math
-import shutil
 
 import pytest
-import torch
 from PIL import Image
 
 from unio import cli
 from unio.errors import DataError, InputError, TaskError
 from unio.evaluate import _one_item, _requested, _score, _vqa_scores, consistency, evaluate, format_table, parse_data_spec
-from unio.resources import data_path
 from unio.tasks import Detection, get_task
+from conftest import write_micro_export, write_micro_tokenizers
 
 # The keys issue 7 asks for, plus what evaluate documents per task.
 DOCUMENTED = {
@@ -34,24 +32,9 @@ DOCUMENTED = {
 }
 
 
-def make_export(root, image_tokenizer=True):
-    """An untrained export with the shipped text tokenizer and a tiny untrained VQ tokenizer."""
-    from unio.pipeline import init_export
-    from unio.tasks import shapes_classes
-    from unio.tokenizers.image import ImageTokenizer
-    tok = root / "tokenizers"
-    tok.mkdir(parents=True)
-    shutil.copy(data_path("tokenizers", "shapes") / "text.model", tok / "text.model")
-    if image_tokenizer:
-        torch.manual_seed(0)
-        ImageTokenizer(channels=(8, 8, 16), levels=(5, 5, 5)).save(tok / "image")
-    return init_export("tiny", tokenizers=tok, out=root / "model", classes=shapes_classes(), quiet=True,
-                       d_model=64, encoder_layers=1, decoder_layers=1, num_heads=1)
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_export(tmp_path_factory.mktemp("tiny"))
+def model_dir(micro_fast_export):
+    return micro_fast_export
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +213,7 @@ def test_jsonl_manifest(pipe, tmp_path):
 
 def test_model_without_image_tokenizer(tmp_path):
     import unio
-    pipe = unio.load(make_export(tmp_path, image_tokenizer=False), device="cpu")
+    pipe = unio.load(write_micro_export(tmp_path / "model", write_micro_tokenizers(tmp_path / "tok", image_tokenizer=False)), device="cpu")
     res = evaluate(pipe, "shapes:1", tasks=None, n=1, progress=False)
     assert set(res["run"]["skipped_tasks"]) == {"segment", "depth", "generate_image", "inpaint"}
     assert "caption" in res

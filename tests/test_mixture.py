@@ -3,7 +3,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from unio.data.collate import bucket, collate

@@ -11,34 +11,17 @@ import torch
 from PIL import Image
 
 import unio
+from conftest import MICRO, shipped_tokenizers
 from unio.errors import BoxError, CheckpointError, ImageError, InputError, TaskError, VocabMismatchError
 from unio.pipeline import Pipeline, Run, init_export, load_export
-from unio.resources import data_path
 from unio.tasks import Box, Detection, Label, get_task
-from unio.tokenizers.image import ImageTokenizer
 
 W, H = 300, 120
-TINY = dict(d_model=64, encoder_layers=1, decoder_layers=1, num_heads=2)
-
-
-def tokenizer_dir(tmp_path_factory):
-    """The shipped shapes tokenizers (a random VQ tokenizer stands in while none is shipped)."""
-    shipped = data_path("tokenizers", "shapes")
-    if (shipped / "image").is_dir():
-        return shipped
-    d = tmp_path_factory.mktemp("shapes")
-    shutil.copy(shipped / "text.model", d / "text.model")
-    torch.manual_seed(0)
-    ImageTokenizer(image_size=64, downsample=8, channels=(8, 8, 8), levels=(4, 4, 4)).save(d / "image")
-    return d
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    from unio.tasks import shapes_classes
-    init_export("tiny", tokenizer_dir(tmp_path_factory), out, classes=shapes_classes(), quiet=True, **TINY)
-    return out
+def export(micro_export):
+    return micro_export
 
 
 @pytest.fixture(scope="module")
@@ -249,13 +232,13 @@ def test_list_models_and_lazy_import():
     assert callable(unio.load) and callable(unio.list_models)
 
 
-def test_unio_init_command(tmp_path_factory, tmp_path):
+def test_unio_init_command(tmp_path):
     from unio.cli import main
-    tok = tokenizer_dir(tmp_path_factory)
+    tok = shipped_tokenizers()
     assert main(["init", "--preset", "tiny", "--tokenizers", str(tok), "--out", str(tmp_path / "m"),
                  "--num-bins", "64"]) == 0
     assert json.loads((tmp_path / "m" / "unio.json").read_text())["num_bins"] == 64
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="not empty"):
-        init_export("tiny", tok, tmp_path / "other", quiet=True, **TINY)
+        init_export("tiny", tok, tmp_path / "other", quiet=True, **MICRO)

@@ -9,31 +9,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from unio.cli import main
-from unio.pipeline import init_export
-from unio.resources import data_path
 from unio.tasks import shapes_classes
-from unio.tokenizers.image import ImageTokenizer
 
 W, H = 300, 120
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    shipped = data_path("tokenizers", "shapes")
-    tok = shipped
-    if not (shipped / "image").is_dir():  # a random VQ tokenizer stands in while none is shipped
-        tok = tmp_path_factory.mktemp("shapes")
-        shutil.copy(shipped / "text.model", tok / "text.model")
-        torch.manual_seed(0)
-        ImageTokenizer(image_size=64, downsample=8, channels=(8, 8, 8), levels=(4, 4, 4)).save(tok / "image")
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    init_export("tiny", tok, out, classes=shapes_classes(), quiet=True, d_model=64, encoder_layers=1,
-                decoder_layers=1, num_heads=2)
-    return str(out)
+def model(micro_export):
+    return str(micro_export)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Tasks: build -> ids -> parse recovers the target (a perfect model), constraints admit exactly the
 well-formed outputs, parse never raises, metrics of perfect predictions are perfect."""
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -10,37 +8,24 @@ from PIL import Image
 from unio.data.shapes import ShapesWorld
 from unio.errors import BoxError, InputError, TaskError
 from unio.images import Letterbox
-from unio.resources import data_path
 from unio.tasks import TASKS, Box, Detection, Label, TaskContext, get_task, shapes_classes
 from unio.tasks.constraints import (AllowedIdsProcessor, BoxesProcessor, GuidedSampler, ImageCodesProcessor,
                                     LabelTrie, TrieProcessor)
 from unio.tasks.dense import image_codes, letterbox_array
-from unio.tokenizers.image import ImageTokenizer
+from conftest import shipped_tokenizers
 
 W, H = 100, 64  # a non-square original frame
 
 
-def tokenizer_dir(tmp_path_factory, small=False):
-    """The shipped shapes tokenizers; a small random VQ tokenizer where speed matters or none is shipped."""
-    shipped = data_path("tokenizers", "shapes")
-    if not small and (shipped / "image").is_dir():
-        return shipped
-    d = tmp_path_factory.mktemp("tokenizers")
-    shutil.copy(shipped / "text.model", d / "text.model")
-    torch.manual_seed(0)
-    ImageTokenizer(image_size=64, downsample=8, channels=(8, 8, 8), levels=(4, 4, 4)).save(d / "image")
-    return d
-
-
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return TaskContext.from_dir(tokenizer_dir(tmp_path_factory), image_size=64, patch_size=8,
+def ctx():
+    return TaskContext.from_dir(shipped_tokenizers(), image_size=64, patch_size=8,
                                 classes=shapes_classes())
 
 
 @pytest.fixture(scope="module")
-def small_ctx(tmp_path_factory):
-    return TaskContext.from_dir(tokenizer_dir(tmp_path_factory, small=True), image_size=64, patch_size=8,
+def small_ctx(micro_tokenizers):
+    return TaskContext.from_dir(micro_tokenizers, image_size=64, patch_size=8,
                                 classes=shapes_classes())
 
 

@@ -127,6 +127,29 @@ def test_export_then_load_then_predict(runs):
         export(runs["tmp"], runs["tmp"] / "export6")
 
 
+def test_half_precision_export_loads_at_the_callers_precision(runs):
+    import torch
+    from safetensors import safe_open
+
+    import unio
+    from unio.data.shapes import ShapesWorld
+    from unio.errors import InputError
+    from unio.train import export
+
+    full = unio.load(export(runs["full"], runs["tmp"] / "export32"))
+    half_dir = export(runs["full"], runs["tmp"] / "export16", dtype="float16")
+    with safe_open(half_dir / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert (half_dir / "model.safetensors").stat().st_size < 0.6 * (runs["tmp"] / "export32" / "model.safetensors").stat().st_size
+    half = unio.load(half_dir)
+    assert half.dtype == torch.float32  # stored in fp16, run in fp32 on a CPU
+    for (name, a), b in zip(full.model.state_dict().items(), half.model.state_dict().values()):
+        assert torch.equal(a.half().float(), b), name  # exactly the fp32 weights rounded once
+    assert isinstance(half.caption(ShapesWorld(32, seed=9)[0]["image"]), str)
+    with pytest.raises(InputError, match="export dtype 'int8' is not supported"):
+        export(runs["full"], runs["tmp"] / "export8", dtype="int8")
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(runs, monkeypatch):
     from unio.train import train
 

@@ -71,7 +71,7 @@ def _cmd_eval(args):
 
 def _cmd_export(args):
     from .train import export
-    export(args.run_dir, args.out_dir, step=args.step)
+    export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype)
 
 
 def _cmd_init(args):
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("out_dir")
     s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    s.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="weight precision stored (default float32; float16 halves the size)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("init", help="write an untrained export directory")

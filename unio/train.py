@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError, RecipeError
+from .errors import CheckpointError, InputError, RecipeError
 
 __all__ = ["main", "train", "export", "build_ds_config", "WarmupCosine", "latest_tag"]
 
@@ -644,9 +644,10 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 
 
 # ----------------------------------------------------------------------------- export
-def export(run_dir, out_dir, step: int | None = None) -> Path:
+def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None) -> Path:
     """Write the export directory ``unio.load`` reads from a run's checkpoint (default: the latest),
-    consolidating ZeRO shards into full fp32 weights."""
+    consolidating ZeRO shards into full fp32 weights; ``dtype`` ("float16", "bfloat16") stores the
+    weights at lower precision (half the size; ``unio.load`` casts them to the dtype it runs in)."""
     from .model import UnioConfig, UnioForConditionalGeneration
     from .pipeline import save_export
     from .tasks import TaskContext
@@ -676,6 +677,10 @@ def export(run_dir, out_dir, step: int | None = None) -> Path:
         raise CheckpointError(f"checkpoint {ckpt_dir / tag} does not match the run's model config: missing "
                               f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
     model.tie_weights()
+    if dtype not in (None, "float32"):
+        if dtype not in ("float16", "bfloat16"):
+            raise InputError(f"export dtype {dtype!r} is not supported; use float32, float16 or bfloat16")
+        model.to(getattr(torch, dtype))
     classes = json.loads((run / "classes.json").read_text()) if (run / "classes.json").is_file() else {}
     ctx = TaskContext.from_dir(run / "tokenizers", image_size=config.image_size, patch_size=config.patch_size,
                                prompts_dir=run / "prompts" if (run / "prompts").is_dir() else recipe.get("prompts"),
