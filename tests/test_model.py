@@ -117,6 +117,47 @@ def test_ignore_index_and_label_weights(vocab):
         model(**{**b, "labels": padding_id})
 
 
+def test_logits_mask_equals_the_full_pass(vocab):
+    """Logits, loss and every gradient under ``logits_mask`` (length-grouped decoding) equal those of
+    the plain padded pass, for any number of groups."""
+    from unio.model.modeling_unio import length_groups
+
+    b = batch(vocab, B=6, T=40, seed=3)
+    labels = b["labels"].clone()
+    for i, n in enumerate([3, 5, 40, 12, 0, 38]):  # one sample with no target at all
+        labels[i, n:] = -100
+    w = torch.rand(labels.shape)
+    keep = labels != -100
+    model = make_model(vocab).train()
+    full = model(**{**b, "labels": labels}, label_weights=w)
+    full.loss.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(want) > 20
+    for groups in (3, 2, 1):
+        model.zero_grad()
+        model.max_length_groups = groups
+        out = model(**{**b, "labels": labels}, label_weights=w, logits_mask=keep)
+        assert out.logits.shape == (int(keep.sum()), vocab.size)
+        torch.testing.assert_close(out.logits, full.logits[keep], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=1e-6)
+        out.loss.backward()
+        got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert got.keys() == want.keys()
+        for n in want:
+            torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-6, msg=n)
+    with pytest.raises(InputError, match="logits_mask and output_hidden_states cannot be combined"):
+        model(**{**b, "labels": labels}, logits_mask=keep, output_hidden_states=True)
+
+    # the grouping: padded tokens saved, every sample with a target in exactly one group, long enough
+    lengths = [3, 3, 4, 20, 65, 65, 0, 12]
+    groups = length_groups(lengths)
+    assert sorted(i for idx, _ in groups for i in idx) == [0, 1, 2, 3, 4, 5, 7]
+    assert all(lengths[i] <= n for idx, n in groups for i in idx)
+    assert sum(len(idx) * n for idx, n in groups) < 7 * 65 / 2
+    assert length_groups([5] * 10) == [(list(range(10)), 5)]  # nothing to gain: one group
+    assert length_groups([0, 0]) == [] and len(length_groups(list(range(1, 100)), max_groups=2)) == 2
+
+
 def test_decoder_is_causal(vocab):
     model = make_model(vocab)
     b = batch(vocab)

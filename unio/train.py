@@ -444,6 +444,8 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
         (run / "classes.json").write_text(json.dumps(classes))
         ctx.prompts.save(run / "prompts")
     engine, scheduler, ds_config = _engine(deepspeed, recipe, model, world)
+    if engine.zero_optimization_stage() == 3 and world > 1:  # same module calls on every rank
+        engine.module.max_length_groups = 1
 
     mixture = Mixture(sources, [s["tasks"] for s in d["train"]], [s.get("weight", 1.0) for s in d["train"]],
                       seed=t["seed"], batch_size=t["batch_size"])
@@ -575,13 +577,14 @@ def _train_step(engine, batches, window, ctx, dtype, world: int) -> None:
                   for k, v in batch.items() if v is not None}
         labels, weights = inputs.pop("labels"), inputs.pop("label_weights").float()
         inputs["decoder_input_ids"] = shift_tokens_right(labels, ctx.vocab.pad_id, ctx.vocab.bos_id)
-        logits = engine(**inputs).logits
-        ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                             reduction="none").view(labels.shape)
-        wce = ce * weights
+        keep = labels != -100  # logits only where there is a target; the decoder runs in length groups
+        logits = engine(**inputs, logits_mask=keep).logits  # (N, V)
+        wce = F.cross_entropy(logits.float(), labels[keep], reduction="none") * weights[keep]
         engine.backward(wce.sum() * scale)
         engine.step()
-        window.add(wce.detach().sum(1), weights.sum(1), tasks)
+        rows = keep.nonzero()[:, 0]
+        window.add(torch.zeros(len(labels), dtype=wce.dtype, device=wce.device).index_add_(0, rows, wce.detach()),
+                   weights.sum(1), tasks)
 
 
 def _lambda_lr(optimizer, schedule):

@@ -474,6 +474,7 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = UnioEncoder(config, self.shared)
         self.decoder = UnioDecoder(config, self.shared)
+        self.max_length_groups = 3  # decoder passes per batch under ``logits_mask`` (see forward)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -507,6 +508,7 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         label_weights: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
         encoder_outputs: UnioEncoderOutput | tuple | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
@@ -522,6 +524,14 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         right behind ``config.decoder_start_token_id``. ``label_weights`` (B, T) weight each token's loss
         (Pix2Seq's sequence augmentation): loss = sum(w * ce) / sum(w) over the non-ignored tokens.
         Attention weights are never materialised (SDPA), so ``output_attentions`` returns none.
+
+        ``logits_mask`` (B, T) bool, right-aligned runs of True (teacher forcing only): logits are
+        computed only where it is True and come back flattened, (N, V) in row-major order of the
+        mask, and the loss (if ``labels``) is taken over those positions. The decoder then runs the
+        samples in up to ``max_length_groups`` (3; 1 under ZeRO-3, whose parameter gathers need the
+        same module calls on every process) groups of similar target length, so a batch that mixes 3-token
+        answers with 65-token images pays for neither the padding nor the output layer on it.
+        Causality makes this exact: a position never sees the padding after it.
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(pixel_values, input_ids, attention_mask, patch_mask, has_image,
@@ -546,9 +556,19 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         elif isinstance(past_key_values, DynamicCache):
             past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
 
-        h, decoder_hidden_states = self.decoder(
-            decoder_input_ids, encoder_outputs.last_hidden_state, encoder_outputs.attention_mask,
-            decoder_attention_mask, past_key_values if use_cache else None, output_hidden_states)
+        if logits_mask is not None:
+            if use_cache and past_key_values is not None and past_key_values.get_seq_length() > 0:
+                raise InputError("logits_mask is for teacher-forced passes, not for decoding with a cache")
+            if output_hidden_states:
+                raise InputError("logits_mask and output_hidden_states cannot be combined: the decoder runs "
+                                 "in length groups; pass one or the other")
+            h = self._grouped_decoder(decoder_input_ids, encoder_outputs, decoder_attention_mask,
+                                      logits_mask.to(torch.bool))
+            decoder_hidden_states, use_cache = None, False
+        else:
+            h, decoder_hidden_states = self.decoder(
+                decoder_input_ids, encoder_outputs.last_hidden_state, encoder_outputs.attention_mask,
+                decoder_attention_mask, past_key_values if use_cache else None, output_hidden_states)
         bias = None
         if self.config.used_vocab_size < self.config.vocab_size:  # padding ids are never predicted
             bias = h.new_zeros(self.config.vocab_size)
@@ -556,7 +576,15 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         logits = F.linear(h, self.shared.weight, bias)  # (B, T, V): tied output layer
 
         loss = None
-        if labels is not None:
+        if labels is not None and logits_mask is not None:
+            if labels.shape != logits_mask.shape:
+                raise InputError(f"labels {tuple(labels.shape)} and logits_mask {tuple(logits_mask.shape)} must "
+                                 "have the same shape")
+            keep = logits_mask.to(torch.bool)
+            loss = token_loss(logits[None], labels[keep][None],
+                              None if label_weights is None else label_weights[keep][None],
+                              self.config.used_vocab_size)
+        elif labels is not None:
             loss = token_loss(logits, labels, label_weights, self.config.used_vocab_size)
 
         out = Seq2SeqLMOutput(
@@ -565,6 +593,31 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states)
         return out if return_dict or return_dict is None else out.to_tuple()
+
+    def _grouped_decoder(self, decoder_input_ids, encoder_outputs, decoder_attention_mask, keep):
+        """Final decoder states (N, C) at the True positions of ``keep`` (B, T), row-major, with the
+        samples decoded in length groups (see ``forward``)."""
+        B, T = decoder_input_ids.shape
+        if keep.shape != (B, T):
+            raise InputError(f"logits_mask {tuple(keep.shape)} must be (B, T) = {(B, T)}")
+        cols = torch.arange(1, T + 1, device=keep.device)
+        lengths = (keep * cols).amax(dim=1)  # 1 + last kept position (0: nothing kept)
+        states, enc_mask = encoder_outputs.last_hidden_state, encoder_outputs.attention_mask
+        if self.max_length_groups > 1:
+            groups = length_groups(lengths.tolist(), self.max_length_groups)
+        else:  # one pass over every sample, always: the same module calls on every rank (ZeRO-3)
+            groups = [(list(range(B)), max(1, int(lengths.max())))]
+        if len(groups) == 1 and groups[0][1] == T and len(groups[0][0]) == B:
+            h, _ = self.decoder(decoder_input_ids, states, enc_mask, decoder_attention_mask)
+            return h[keep]
+        full = states.new_zeros(B, T, self.config.d_model)
+        for idx, length in groups:
+            rows = torch.tensor(idx, device=keep.device)
+            h, _ = self.decoder(decoder_input_ids[rows, :length], states[rows],
+                                None if enc_mask is None else enc_mask[rows],
+                                None if decoder_attention_mask is None else decoder_attention_mask[rows, :length])
+            full = full.index_put((rows[:, None], torch.arange(length, device=keep.device)[None]), h)
+        return full[keep]
 
     # ------------------------------------------------------------------ generation hooks
     def prepare_inputs_for_generation(self, *args, **kwargs):
@@ -601,6 +654,35 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
     def estimate_flops_per_token(self, src_len: int, tgt_len: int, backward: bool = True) -> float:
         """:meth:`estimate_flops` of one sample divided by its target tokens."""
         return self.estimate_flops(src_len, tgt_len, 1, backward) / tgt_len
+
+
+def length_groups(lengths: list[int], max_groups: int = 3, multiple: int = 8,
+                  group_cost: float = 0.05) -> list[tuple[list[int], int]]:
+    """Split samples into at most ``max_groups`` groups of similar ``lengths``: [(sample indices,
+    padded length), ...], minimising the padded tokens (lengths rounded up to ``multiple``) plus
+    ``group_cost`` x batch x longest length for each group beyond the first (the per-pass overhead
+    of smaller matmuls). Samples with nothing to keep (length 0) are left out."""
+    rounded = {i: -(-n // multiple) * multiple for i, n in enumerate(lengths) if n > 0}
+    if not rounded:
+        return []
+    values = sorted(set(rounded.values()))
+    counts = [sum(1 for v in rounded.values() if v == x) for x in values]
+    penalty = group_cost * len(rounded) * values[-1]
+    # best[k][j]: cheapest cost of the first j distinct lengths in k groups, and where its last group starts
+    K, J = min(max_groups, len(values)), len(values)
+    best = [[(float("inf"), 0)] * (J + 1) for _ in range(K + 1)]
+    best[0][0] = (0.0, 0)
+    for k in range(1, K + 1):
+        for j in range(1, J + 1):
+            best[k][j] = min((best[k - 1][i][0] + sum(counts[i:j]) * values[j - 1] + (k > 1) * penalty, i)
+                             for i in range(j))
+    k = min(range(1, K + 1), key=lambda k: best[k][J][0])
+    bounds, j = [], J
+    while k > 0:
+        i = best[k][j][1]
+        bounds.append((values[i], values[j - 1]))
+        j, k = i, k - 1
+    return [([i for i, v in rounded.items() if lo <= v <= hi], min(hi, max(lengths))) for lo, hi in reversed(bounds)]
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
