@@ -204,6 +204,32 @@ def test_bad_record_stops_the_run_with_file_and_line(tmp_path, monkeypatch, caps
     assert "train.jsonl line 2: caption must be a string" in err and "on_bad_record: skip" in err
 
 
+def test_skipped_records_are_counted_across_loader_workers_and_resumes(tmp_path, monkeypatch):
+    """A record whose image turns out unreadable only when it is loaded (in a DataLoader worker) is
+    replaced, and the count reaches metrics.jsonl and survives a resume."""
+    import numpy as np
+    from PIL import Image
+
+    from unio.train import train
+
+    monkeypatch.chdir(ROOT)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png at all")
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({"image": f"{n}.png", "caption": f"picture {n}"}) + "\n" for n in ("a", "bad", "b")))
+    sets = [f"data.train=[{{source: jsonl, path: {tmp_path}/train.jsonl, tasks: {{caption: 1}}}}]",
+            "data.on_bad_record=skip", "data.num_workers=1", "data.eval=[]", "train.save_every=2"]
+    run = tmp_path / "run"
+    train(_recipe(tmp_path, run, *sets), stop_after=2)
+    first = _records(run / "metrics.jsonl")[-1]["records_skipped"]
+    assert first >= 1
+    train(_recipe(tmp_path, run, *sets, "train.steps=4"), resume=True)
+    recs = _records(run / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["records_skipped"] > first
+
+
 def _torchrun(tmp_path, tokenizers, stage):
     recipe = tmp_path / "micro.yaml"
     recipe.write_text(RECIPE)

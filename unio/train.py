@@ -261,7 +261,7 @@ def _collate(examples, ctx, multiple):
     from .data.collate import collate
 
     batch = collate(examples, ctx.vocab, multiple, image_size=ctx.image_size, patch_size=ctx.patch_size)
-    return batch, [e.task for e in examples]
+    return batch, [e.task for e in examples], sum(e.meta.get("skipped_records", 0) for e in examples)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -449,7 +449,7 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
 
     mixture = Mixture(sources, [s["tasks"] for s in d["train"]], [s.get("weight", 1.0) for s in d["train"]],
                       seed=t["seed"], batch_size=t["batch_size"])
-    step = _resume(engine, scheduler, mixture, recipe, rank) if resume else 0
+    step, skipped = _resume(engine, scheduler, mixture, recipe, rank) if resume else (0, 0)
     if not resume:  # dropout streams differ per rank; everything the data needs is seeded per sample
         torch.manual_seed(t["seed"] + 1000 * rank)
         np.random.seed(t["seed"] + 1000 * rank)
@@ -464,6 +464,7 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
     writer = _tensorboard(run) if rank == 0 else None
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
     window = _Window(task_names, engine.device)
+    window.skipped_total = skipped
     bar = tqdm(total=t["steps"], initial=step, disable=rank != 0, dynamic_ncols=True, desc="train")
     last: dict = {}
     engine.train()
@@ -486,7 +487,7 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
                 tqdm.write(f"step {step} eval: " + ", ".join(f"{k}={v:.3f}" for k, v in scores.items()))
             last = {**last, **scores}
         if (t["save_every"] and step % t["save_every"] == 0) or step == t["steps"]:
-            client = {"step": step, "data": mixture.state_after(step), "samples_skipped": dataset.skipped}
+            client = {"step": step, "data": mixture.state_after(step), "records_skipped": window.skipped_total}
             _save(engine, ckpt_dir, step, client, rank, t["keep_checkpoints"])
         window.t0 += time.perf_counter() - paused
         if stop_after is not None and step >= stop_after:
@@ -521,8 +522,9 @@ def _engine(deepspeed, recipe: dict, model, world: int):
     return engine, scheduler, ds_config
 
 
-def _resume(engine, scheduler, mixture, recipe: dict, rank: int) -> int:
-    """Load the latest checkpoint (model, optimizer, schedule, data position, RNG); returns its step."""
+def _resume(engine, scheduler, mixture, recipe: dict, rank: int) -> tuple[int, int]:
+    """Load the latest checkpoint (model, optimizer, schedule, data position, RNG); returns its step
+    and the number of bad records skipped before it."""
     run, t = Path(recipe["out"]), recipe["train"]
     ckpt_dir = run / CKPT_DIR
     tag = latest_tag(ckpt_dir)
@@ -541,7 +543,7 @@ def _resume(engine, scheduler, mixture, recipe: dict, rank: int) -> int:
     if rank == 0:
         _truncate_jsonl(run / "metrics.jsonl", step)
         _truncate_jsonl(run / "eval.jsonl", step)
-    return step
+    return step, int(client.get("records_skipped", 0))
 
 
 def _batches(dataset, mixture, recipe: dict, rank: int, world: int, grad_accum: int, ctx):
@@ -568,11 +570,12 @@ def _train_step(engine, batches, window, ctx, dtype, world: int) -> None:
     t0 = time.perf_counter()
     micro_batches = [next(batches) for _ in range(gas)]
     window.data_s += time.perf_counter() - t0
-    total = torch.tensor([sum(float(b["label_weights"].sum()) for b, _ in micro_batches)],
+    total = torch.tensor([sum(float(b["label_weights"].sum()) for b, _, _ in micro_batches)],
                          dtype=torch.float64, device=engine.device)
     dist.all_reduce(total)
     scale = world * gas / max(float(total), 1e-8)
-    for batch, tasks in micro_batches:
+    for batch, tasks, skipped in micro_batches:
+        window.skipped += skipped
         inputs = {k: (v.to(engine.device, dtype) if v.is_floating_point() else v.to(engine.device))
                   for k, v in batch.items() if v is not None}
         labels, weights = inputs.pop("labels"), inputs.pop("label_weights").float()
@@ -598,6 +601,7 @@ class _Window:
         self.names, self.device = list(names), device
         self.sums = torch.zeros(2 * len(names), dtype=torch.float64, device=device)
         self.samples, self.data_s, self.t0 = 0, 0.0, time.perf_counter()
+        self.skipped, self.skipped_total = 0, 0  # bad records replaced (on_bad_record: skip): this rank, all ranks
 
     def add(self, wce_per_sample, w_per_sample, tasks: list[str]):
         idx = torch.tensor([self.names.index(k) for k in tasks], device=self.device)
@@ -607,12 +611,17 @@ class _Window:
     def flush(self, step: int, lr: float) -> dict:
         import torch.distributed as dist
 
+        self.sums = torch.cat((self.sums, self.sums.new_tensor([self.skipped])))
         dist.all_reduce(self.sums)
+        self.skipped_total += int(self.sums[-1])
+        self.sums, self.skipped = self.sums[:-1], 0
         n = len(self.names)
         loss_sum, w_sum = self.sums[:n].cpu().numpy(), self.sums[n:].cpu().numpy()
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rec = {"step": step, "loss": float(loss_sum.sum() / max(w_sum.sum(), 1e-8)), "lr": float(lr),
                "samples_per_s": self.samples / elapsed, "data_wait": self.data_s / elapsed}
+        if self.skipped_total:
+            rec["records_skipped"] = self.skipped_total  # since the run started, resumes included
         for k, name in enumerate(self.names):
             if w_sum[k] > 0:
                 rec[f"loss/{name}"] = float(loss_sum[k] / w_sum[k])

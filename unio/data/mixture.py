@@ -148,7 +148,9 @@ class ExampleDataset(torch.utils.data.Dataset):
 
     ``make_example`` returns None when the sample lacks what the task needs; the draw then falls
     back to other samples of its source. With ``skip_bad`` a record that fails to load
-    (:class:`DataError`) is also replaced and counted; otherwise the error propagates.
+    (:class:`DataError`) is also replaced and counted, in ``skipped`` and, since a DataLoader
+    worker's counters stay in the worker, in the returned example's ``meta["skipped_records"]``;
+    otherwise the error propagates.
     """
 
     def __init__(self, mixture: Mixture, make_example: Callable, *, skip_bad: bool = False, attempts: int = 32):
@@ -161,7 +163,7 @@ class ExampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, draw: Draw):
         source = self.mixture.sources[draw.source]
-        index, problem = draw.index, None
+        index, problem, skips = draw.index, None, 0
         for attempt in range(self.attempts):
             if attempt:
                 index = self.mixture.fallback_index(draw, attempt)
@@ -171,6 +173,7 @@ class ExampleDataset(torch.utils.data.Dataset):
                 if not self.skip_bad:
                     raise
                 self.skipped += 1
+                skips += 1
                 problem = str(exc)
                 continue
             try:
@@ -178,6 +181,8 @@ class ExampleDataset(torch.utils.data.Dataset):
             except TaskError as exc:  # the sample lacks an input the task needs
                 example, problem = None, str(exc)
             if example is not None:
+                if skips and isinstance(getattr(example, "meta", None), dict):
+                    example.meta["skipped_records"] = skips
                 return example
         raise DataError(f"task {draw.task!r} could not be built from data.train[{draw.source}] in "
                         f"{self.attempts} samples" + (f" (last problem: {problem})" if problem else

@@ -105,7 +105,9 @@ class TaskContext:
 
 @dataclass
 class Example:
-    """One training / inference item (see notes/TASKS_CONTRACT.md)."""
+    """One training / inference item: the prompt ids and target ids of one task on one sample, with
+    the letterboxed input image (or None), an optional patch mask (inpainting), per-token label
+    weights (Pix2Seq's sequence augmentation) and the letterbox that maps model coordinates back."""
 
     task: str
     prompt: str
