@@ -265,6 +265,37 @@ def test_two_cpu_processes(runs, tmp_path, stage):
         assert (export(out, tmp_path / "export") / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes(runs, tmp_path, monkeypatch):
+    """A one-process ZeRO-0 checkpoint resumes on two processes with the same losses (the data position
+    is global); a ZeRO-2 one, whose optimizer state is split per process, is refused with a way out."""
+    from unio.train import train
+
+    run = tmp_path / "moved"
+    shutil.copytree(runs["full"], run)
+    shutil.rmtree(run / "checkpoints" / "step00000008")
+    (run / "checkpoints" / "latest").write_text("step00000004")
+    recipe = tmp_path / "micro.yaml"
+    recipe.write_text(RECIPE)
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "unio",
+            "train", str(recipe), "--resume", "--set", f"tokenizers={_tokenizers(runs['tmp'])}", "--set", "data.eval=[]"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([*base, "--set", f"out={run}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    full, moved = _records(runs["full"] / "metrics.jsonl"), _records(run / "metrics.jsonl")
+    assert [r["step"] for r in moved] == list(range(1, 9))
+    for a, b in zip(full[4:], moved[4:]):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+
+    monkeypatch.chdir(ROOT)
+    train(_recipe(tmp_path, tmp_path / "z2", "deepspeed=zero2", "data.eval=[]"), stop_after=4)
+    proc = subprocess.run([*base, "--set", f"out={tmp_path / 'z2'}", "--set", "deepspeed=zero2"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0  # torchrun reports its children's exit status 2 as a failure
+    assert "written by 1 process(es) with ZeRO stage 2, and this run has 2" in proc.stderr
+    assert "--set model.init=EXPORT_DIR" in proc.stderr and "[rank0]: Traceback" not in proc.stderr
+
+
 def test_recipe_trains_its_text_tokenizer_on_its_data(tmp_path, monkeypatch):
     from PIL import Image
 

@@ -528,6 +528,14 @@ def _resume(engine, scheduler, mixture, recipe: dict, rank: int) -> tuple[int, i
     run, t = Path(recipe["out"]), recipe["train"]
     ckpt_dir = run / CKPT_DIR
     tag = latest_tag(ckpt_dir)
+    stage, world = engine.zero_optimization_stage(), engine.dp_world_size
+    saved = len(list((ckpt_dir / tag).glob("zero_pp_rank_*_optim_states.pt")))
+    if stage > 0 and saved and saved != world:
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir / tag} was written by {saved} process(es) with ZeRO stage {stage}, and this run "
+            f"has {world}: ZeRO splits the optimizer state between processes, so resume it with {saved}. (A ZeRO "
+            f"stage 0 checkpoint resumes on any number of processes.) To go on with {world} anyway, start a new run "
+            f"from its weights: unio export {run} EXPORT_DIR, then --set model.init=EXPORT_DIR")
     _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                        load_lr_scheduler_states=True)
     if client is None:
