@@ -89,9 +89,10 @@ def main(argv=None) -> dict:
     def step(batch):
         inputs = {k: v for k, v in batch.items() if v is not None and k not in ("labels", "label_weights")}
         inputs["decoder_input_ids"] = shift_tokens_right(batch["labels"], ctx.vocab.pad_id, ctx.vocab.bos_id)
-        logits = model(**inputs).logits
-        ce = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="none")
-        w = batch["label_weights"].flatten()
+        keep = batch["labels"] != -100  # as unio train does: logits only at the targets
+        logits = model(**inputs, logits_mask=keep).logits
+        ce = F.cross_entropy(logits.float(), batch["labels"][keep], reduction="none")
+        w = batch["label_weights"][keep]
         loss = (ce * w).sum() / w.sum()
         opt.zero_grad()
         loss.backward()
