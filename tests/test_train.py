@@ -92,6 +92,36 @@ def test_short_run_lowers_loss_and_writes_a_checkpoint(runs):
     assert any(k.startswith("vqa/") for k in evals[-1])
 
 
+def test_tensorboard_gets_the_same_scalars(runs):
+    pytest.importorskip("tensorboard")  # optional for users; the dev extra installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(runs["full"] / "tb"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    metrics = _records(runs["full"] / "metrics.jsonl")
+    assert [e.step for e in loss] == [r["step"] for r in metrics]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in metrics], rel=1e-6)
+    assert "eval/caption/bleu4" in events.Tags()["scalars"]
+
+
+def test_tensorboard_forgets_steps_after_the_checkpoint_on_resume(runs, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from unio.train import train
+
+    monkeypatch.chdir(ROOT)
+    run = tmp_path / "run"
+    train(_recipe(runs["tmp"], run, "data.eval=[]"), stop_after=6)  # logged 1..6, last checkpoint at 4
+    train(_recipe(runs["tmp"], run, "data.eval=[]"), resume=True)  # steps 5..8 again
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, 9))
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in _records(run / "metrics.jsonl")], rel=1e-6)
+
+
 def test_resume_continues_step_count_data_position_and_losses(runs):
     assert [r["step"] for r in runs["interrupted"]] == [1, 2, 3, 4]
     split = _records(runs["split"] / "metrics.jsonl")

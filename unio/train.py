@@ -461,7 +461,7 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
     if d["eval"]:
         evaluator = Evaluator(recipe, d["eval_tasks"] or task_names, rank, zero3=engine.zero_optimization_stage() == 3,
                               explicit=d["eval_tasks"] is not None)
-    writer = _tensorboard(run) if rank == 0 else None
+    writer = _tensorboard(run, purge_step=step + 1 if resume else None) if rank == 0 else None
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
     window = _Window(task_names, engine.device)
     window.skipped_total = skipped
@@ -638,12 +638,14 @@ class _Window:
         return rec
 
 
-def _tensorboard(run: Path):
+def _tensorboard(run: Path, purge_step: int | None = None):
+    """A TensorBoard writer for run/tb when tensorboard is installed. On resume, events logged after
+    the checkpoint by the interrupted process are purged, as metrics.jsonl is truncated."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard is optional
         return None
-    return SummaryWriter(str(run / "tb"))
+    return SummaryWriter(str(run / "tb"), purge_step=purge_step)
 
 
 def _log(path: Path, writer, prefix: str, record: dict) -> None:
