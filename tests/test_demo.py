@@ -1,5 +1,5 @@
-"""`unio demo`: the sheet and the metrics of one model on every task (a tiny untrained model here;
-the shipped shapes-demo model when it is installed)."""
+"""`unio demo`: the sheet and the metrics of one model on every task (a tiny untrained model, and
+the shipped shapes-demo model)."""
 import json
 
 import pytest
@@ -64,8 +64,14 @@ def test_demo_missing_model_dir(tmp_path, capsys):
 
 
 def test_shipped_demo_model(tmp_path, capsys):
-    from unio.pipeline import list_models
-    if "shapes-demo" not in list_models():
-        pytest.skip("the shapes-demo model is not shipped in this checkout")
+    """The README's main command: the shipped model, found by name, every task, a sheet."""
+    from unio.pipeline import list_models, read_meta
+    from unio.resources import data_path
+
+    assert "shapes-demo" in list_models()
+    meta = read_meta(data_path("models", "shapes-demo"))
+    assert meta["trained"] and meta["step"] > 0 and set(meta["tasks"]) >= TASKS
     assert cli.main(["demo", "--out", str(tmp_path), "--n", "5"]) == 0
-    assert (tmp_path / "demo.png").is_file() and (tmp_path / "metrics.json").is_file()
+    assert (tmp_path / "demo.png").is_file()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == TASKS | {"run"} and metrics["run"]["model"] == "shapes-demo"
