@@ -13,15 +13,6 @@ from unio.vocab import UnifiedVocab
 S, P = 32, 8  # image side and patch size: a 4 x 4 patch grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is fastest, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
     words = ["red", "green", "blue", "circle", "square", "triangle", "small", "large", "left", "right"]

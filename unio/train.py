@@ -583,7 +583,7 @@ def _train_step(engine, batches, window, ctx, dtype, world: int) -> None:
     dist.all_reduce(total)
     scale = world * gas / max(float(total), 1e-8)
     for batch, tasks, skipped in micro_batches:
-        window.skipped += skipped
+        window.sums[-1] += skipped
         inputs = {k: (v.to(engine.device, dtype) if v.is_floating_point() else v.to(engine.device))
                   for k, v in batch.items() if v is not None}
         labels, weights = inputs.pop("labels"), inputs.pop("label_weights").float()
@@ -607,9 +607,10 @@ class _Window:
 
     def __init__(self, names: list[str], device):
         self.names, self.device = list(names), device
-        self.sums = torch.zeros(2 * len(names), dtype=torch.float64, device=device)
+        # per task: weighted loss, then weight; last: bad records replaced (on_bad_record: skip)
+        self.sums = torch.zeros(2 * len(names) + 1, dtype=torch.float64, device=device)
         self.samples, self.data_s, self.t0 = 0, 0.0, time.perf_counter()
-        self.skipped, self.skipped_total = 0, 0  # bad records replaced (on_bad_record: skip): this rank, all ranks
+        self.skipped_total = 0  # over all ranks since the run started
 
     def add(self, wce_per_sample, w_per_sample, tasks: list[str]):
         idx = torch.tensor([self.names.index(k) for k in tasks], device=self.device)
@@ -619,12 +620,10 @@ class _Window:
     def flush(self, step: int, lr: float) -> dict:
         import torch.distributed as dist
 
-        self.sums = torch.cat((self.sums, self.sums.new_tensor([self.skipped])))
         dist.all_reduce(self.sums)
         self.skipped_total += int(self.sums[-1])
-        self.sums, self.skipped = self.sums[:-1], 0
         n = len(self.names)
-        loss_sum, w_sum = self.sums[:n].cpu().numpy(), self.sums[n:].cpu().numpy()
+        loss_sum, w_sum = self.sums[:n].cpu().numpy(), self.sums[n:2 * n].cpu().numpy()
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rec = {"step": step, "loss": float(loss_sum.sum() / max(w_sum.sum(), 1e-8)), "lr": float(lr),
                "samples_per_s": self.samples / elapsed, "data_wait": self.data_s / elapsed}

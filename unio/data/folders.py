@@ -69,6 +69,20 @@ class ClassFolderSource(Source):
         return {"image": load_image(path), "label": label, "path": str(path)}
 
 
+def _pair_by_stem(source: Source, images, maps, extensions, kind: str, noun: str, missing) -> None:
+    """Records (image, map) of the images in ``images`` that have a map with the same file stem in
+    ``maps``; an image without one is a bad record (message ``missing(stem)``)."""
+    imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
+    found = files_by_stem(Path(maps), extensions, kind)
+    for stem, path in imgs.items():
+        if stem in found:
+            source.records.append((path, found[stem]))
+        else:
+            source.bad(str(path), missing(stem))
+    if not source.records:
+        raise DataError(f"no image in {images} has {noun} with the same name in {maps}")
+
+
 class DepthFolderSource(Source):
     """Image + depth folders matched by file stem. Depth is 16-bit PNG in millimetres (``png_scale``
     0.001 turns it into metres; NYU-v2 and KITTI ship this way) or float .npy in metres. Zero marks
@@ -81,15 +95,8 @@ class DepthFolderSource(Source):
     def __init__(self, images, depth, png_scale=0.001, on_bad_record="error"):
         super().__init__(on_bad_record)
         self.png_scale = float(png_scale)
-        imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
-        maps = files_by_stem(Path(depth), (".png", ".npy"), "depth")
-        for stem, path in imgs.items():
-            if stem in maps:
-                self.records.append((path, maps[stem]))
-            else:
-                self.bad(str(path), f"no depth map named {stem}.png or {stem}.npy in {depth}")
-        if not self.records:
-            raise DataError(f"no image in {images} has a depth map with the same name in {depth}")
+        _pair_by_stem(self, images, depth, (".png", ".npy"), "depth", "a depth map",
+                      lambda stem: f"no depth map named {stem}.png or {stem}.npy in {depth}")
 
     def _text_fields(self, record) -> dict:
         return {}
@@ -115,15 +122,8 @@ class MaskFolderSource(Source):
     def __init__(self, images, masks, label="object", instances=False, on_bad_record="error"):
         super().__init__(on_bad_record)
         self.label, self.instances = str(label), bool(instances)
-        imgs = files_by_stem(Path(images), IMAGE_EXTENSIONS, "image")
-        maps = files_by_stem(Path(masks), (".png", ".bmp", ".tif", ".tiff", ".gif"), "mask")
-        for stem, path in imgs.items():
-            if stem in maps:
-                self.records.append((path, maps[stem]))
-            else:
-                self.bad(str(path), f"no mask named {stem}.png in {masks}")
-        if not self.records:
-            raise DataError(f"no image in {images} has a mask with the same name in {masks}")
+        _pair_by_stem(self, images, masks, (".png", ".bmp", ".tif", ".tiff", ".gif"), "mask", "a mask",
+                      lambda stem: f"no mask named {stem}.png in {masks}")
         self.object_labels = [self.label]
 
     def _text_fields(self, record) -> dict:

@@ -15,6 +15,7 @@ Shapes: B batch, N encoder tokens (patches + prompt), T decoder tokens, H heads,
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -669,8 +670,9 @@ def length_groups(lengths: list[int], max_groups: int = 3, multiple: int = 8,
     rounded = {i: -(-n // multiple) * multiple for i, n in enumerate(lengths) if n > 0}
     if not rounded:
         return []
-    values = sorted(set(rounded.values()))
-    counts = [sum(1 for v in rounded.values() if v == x) for x in values]
+    tally = Counter(rounded.values())
+    values = sorted(tally)
+    counts = [tally[x] for x in values]
     penalty = group_cost * len(rounded) * values[-1]
     # best[k][j]: cheapest cost of the first j distinct lengths in k groups, and where its last group starts
     K, J = min(max_groups, len(values)), len(values)

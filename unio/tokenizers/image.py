@@ -18,6 +18,7 @@ Storage is ``config.json`` + ``model.safetensors`` (nothing is unpickled on load
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -285,31 +286,32 @@ class ImageTokenizer(nn.Module):
             return self.quantizer.get_output_from_indices(codes)   # (B, D, h, w) with accept_image_fmap
         return self.quantizer.indices_to_codes(codes)
 
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """Eval mode (EMA codebooks frozen) for the duration, then the mode the caller had."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     # -- the public API
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         """Float tensor (B, 3, H, W) in [0, 1] (or a list of PIL images) -> LongTensor (B, H/f, W/f)."""
         x = self._check_images(images)
-        was_training = self.training
-        self.eval()
-        try:
-            z = self.encoder(x * 2 - 1)
-            _, codes, _ = self._quantize(z)
-        finally:
-            self.train(was_training)
+        with self._eval_mode():
+            _, codes, _ = self._quantize(self.encoder(x * 2 - 1))
         return codes
 
     @torch.no_grad()
     def decode(self, codes) -> torch.Tensor:
         """Codes (B, h, w), or (B, h*w) for the square grid of ``image_size`` -> float (B, 3, H, W) in [0, 1]."""
         codes = self._check_codes(codes)
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             out = self.decoder(self._codes_to_latent(codes))
-        finally:
-            self.train(was_training)
         return ((out + 1) / 2).clamp_(0, 1)
 
     def reconstruct(self, images) -> torch.Tensor:
