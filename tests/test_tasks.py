@@ -117,6 +117,24 @@ def test_detect_scores_come_from_probabilities(ctx, sample):
     assert dets[0].score > dets[-1].score
 
 
+
+def test_detect_exact_repeats_keep_the_best_score(ctx, sample):
+    task = get_task("detect")
+    ex = task.build(sample, ctx)
+    once = task.parse(ex.labels, ctx, ex.info)
+    n0 = 4 + len(ctx.encode_text(once[0].label))
+    first = ex.labels[:n0]  # the first object of the target sequence
+    ids = first + ex.labels[:-1] + first + [ctx.vocab.eos_id]  # ... written three times
+    n = len(ex.labels) - 1
+    logprobs = [np.log(0.3)] * n0 + [np.log(0.9)] * n + [np.log(0.5)] * n0 + [0.0]
+    dets = task.parse(ids, ctx, ex.info, raw_logprobs=logprobs)
+    assert [(d.box, d.label) for d in dets] == [(d.box, d.label) for d in once]
+    assert dets[0].score == pytest.approx(0.9 ** (n0 - 4))  # the best of the three
+    moved = list(first)
+    moved[0] = moved[0] + 1 if moved[0] + 1 < ctx.vocab.location_range[1] else moved[0] - 1  # one bin off
+    assert len(task.parse(moved + ex.labels, ctx, ex.info)) == len(once) + 1
+
+
 def test_ground_round_trip(ctx, sample):
     task = get_task("ground")
     ex = task.build(sample, ctx)

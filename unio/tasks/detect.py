@@ -145,7 +145,7 @@ class Detect(Task):
                 cur["loc"].append(pos)
             elif kind == 0 and cur is not None and len(cur["loc"]) == 4:
                 cur["text"].append(pos)
-        out = []
+        out: dict[tuple, Detection] = {}  # an exact repeat (same bins, same label) keeps its best score
         for obj in objects:
             if len(obj["loc"]) != 4:
                 continue
@@ -155,9 +155,13 @@ class Detect(Task):
             label = ctx.decode_text([ids[p] for p in obj["text"]])
             if label == NOISE:
                 continue
+            key = (tuple(int(b) for b in bins), label)
+            score = self._score(obj, probs)
+            if key in out and out[key].score >= score:
+                continue
             box = tuple(float(v) for v in ctx.locations.decode_boxes(bins, size))
-            out.append(Detection(box=box, label=label, score=self._score(obj, probs)))
-        return out
+            out[key] = Detection(box=box, label=label, score=score)
+        return list(out.values())
 
     def _score(self, obj, probs) -> float:
         if probs is None:
