@@ -147,7 +147,9 @@ def test_export_then_load_then_predict(runs):
     assert isinstance(pipe.caption(image), str)
     assert isinstance(pipe.ask(image, "What color is the circle?"), str)
     assert isinstance(pipe.detect(image), list)
-    assert json.loads((out / "unio.json").read_text())["step"] == 8
+    meta = json.loads((out / "unio.json").read_text())
+    assert meta["step"] == meta["total_steps"] == 8 and "init" not in meta
+    assert Path(meta["run"]) == Path(runs["full"]).resolve() and meta["recipe"].endswith("micro.yaml")
     assert pipe.ctx.vocab.num_bins == 100  # the recipe's location bins travel with the model
     # an older checkpoint on request; a missing one is a clear error
     assert json.loads((export(runs["full"], runs["tmp"] / "export4", step=4) / "unio.json").read_text())["step"] == 4
@@ -382,6 +384,14 @@ out: {tmp_path}/run
     assert pipe.model.config.d_model == 64 and pipe.model.config.dropout == 0.1
     assert pipe.ctx.vocab.fingerprint == unio.load(init).ctx.vocab.fingerprint
     assert "panel" in pipe.classes["object"]  # the new label joins the ones the model knew
+    meta = json.loads((tmp_path / "export" / "unio.json").read_text())  # the lineage travels with the export
+    assert meta["init"] == str(init) and meta["step"] == meta["total_steps"] == 3
+    (tmp_path / "run2").mkdir()
+    shutil.copytree(tmp_path / "run", tmp_path / "run2", dirs_exist_ok=True)
+    recipe_file = tmp_path / "run2" / "recipe.yaml"
+    recipe_file.write_text(recipe_file.read_text().replace(str(init), str(tmp_path / "export")))
+    meta2 = json.loads((export(tmp_path / "run2", tmp_path / "export2") / "unio.json").read_text())
+    assert meta2["total_steps"] == 6 and meta2["run"] == str((tmp_path / "run2").resolve())
     assert isinstance(pipe.caption(tmp_path / "0.png"), str)
 
 

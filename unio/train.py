@@ -707,10 +707,50 @@ def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None) 
                                prompts_dir=run / "prompts" if (run / "prompts").is_dir() else recipe.get("prompts"),
                                classes=classes,
                                num_bins=(config.vocab_layout or {}).get("num_bins", 1000))
-    out = save_export(out_dir, model, ctx, {"step": int(tag[4:]), "trained": True,
-                                            "preset": recipe.get("model", {}).get("preset"),
-                                            "run": str(run.resolve())})
+    meta = {"step": int(tag[4:]), "trained": True, "preset": recipe.get("model", {}).get("preset"),
+            **_provenance(run, recipe, int(tag[4:]))}
+    out = save_export(out_dir, model, ctx, meta)
     print(f"wrote {out} from {ckpt_dir / tag}")
+    return out
+
+
+def _shown_path(path) -> str:
+    """A path as one would type it here: relative to the working folder when it lies under it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _provenance(run: Path, recipe: dict, step: int) -> dict:
+    """Where an export came from, for its unio.json: the run, the recipe file and command lines that
+    trained it, the export it was fine-tuned from, and the steps of the whole lineage
+    (``total_steps``: this run's steps plus those recorded by the ``model.init`` export)."""
+    out = {"run": _shown_path(run)}
+    for name, key in (("recipe.yaml", "command"), ("recipe.resume.yaml", "resume_command")):
+        f = run / name
+        header = []
+        if f.is_file():
+            for line in f.read_text(encoding="utf-8").splitlines():
+                if not line.startswith("#"):
+                    break
+                header.append(line[1:].strip())
+        if header and header[0].startswith("unio train "):
+            out[key] = header[0]
+        if name == "recipe.yaml":
+            source = next((h[len("resolved from "):] for h in header if h.startswith("resolved from ")), "?")
+            if source != "?":
+                out["recipe"] = source
+    init = (recipe.get("model") or {}).get("init")
+    out["total_steps"] = step
+    if init:
+        out["init"] = str(init)
+        try:
+            before = json.loads((Path(init) / "unio.json").read_text())
+            out["total_steps"] = step + int(before.get("total_steps", before.get("step") or 0))
+        except (OSError, ValueError, TypeError):  # the init export moved or is gone: the lineage is unknown
+            del out["total_steps"]
     return out
 
 
