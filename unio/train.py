@@ -745,7 +745,7 @@ def _provenance(run: Path, recipe: dict, step: int) -> dict:
     init = (recipe.get("model") or {}).get("init")
     out["total_steps"] = step
     if init:
-        out["init"] = str(init)
+        out["init"] = _shown_path(init)
         try:
             before = json.loads((Path(init) / "unio.json").read_text())
             out["total_steps"] = step + int(before.get("total_steps", before.get("step") or 0))
