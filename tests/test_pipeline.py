@@ -1,6 +1,7 @@
 """The Python API on a tiny untrained model: every method returns its documented type, in the
 caller's original frame (a 300 x 120 image), single items and lists alike; export directories."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,16 @@ def test_export_directory_contents(export):
     assert meta["versions"]["unio"] == unio.__version__ and meta["trained"] is False
     assert "small red circle" in meta["classes"]["object"]
     assert (export / "prompts" / "prompts.yaml").is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_export_files_are_as_readable_as_the_umask_allows(export):
+    # safetensors writes weights owner-only (0600); an export must read like any other file
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.relative_to(export).as_posix(): p.stat().st_mode & 0o777 for p in export.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and "image/model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)
 
 
 def test_load_refuses_mismatched_tokenizers(export, tmp_path):

@@ -30,6 +30,7 @@ from PIL import Image
 
 from .errors import CheckpointError, InputError, TaskError, VocabMismatchError
 from .images import FILL, letterbox, load_image, to_pixel_values
+from .resources import default_file_mode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, shapes_classes
 from .tasks.base import check_box
 from .vocab import UnifiedVocab
@@ -66,6 +67,8 @@ def save_export(out_dir, model, ctx: TaskContext, metadata: dict | None = None) 
                                  "with the tokenizers it was trained with")
     with _quiet_transformers():
         model.save_pretrained(out)
+    for weights in out.glob("model*.safetensors"):
+        default_file_mode(weights)
     (out / TEXT_NAME).write_bytes(ctx.text.model_proto)
     if ctx.image_tokenizer is not None:
         ctx.image_tokenizer.save(out / IMAGE_DIR)

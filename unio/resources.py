@@ -5,6 +5,7 @@ in a wheel they are packaged under ``unio/_data/`` (see pyproject.toml, hatch fo
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -24,3 +25,15 @@ def data_path(*parts: str) -> Path:
         f"shipped data {'/'.join(parts)!r} was not found under {packaged} or {_REPO_ROOT}; "
         "reinstall unio (pip install .) or run from a complete source checkout"
     )
+
+
+def default_file_mode(path) -> None:
+    """Give a written file the permissions a plain ``open(path, "w")`` would have.
+
+    safetensors (0.8) writes through a private temporary file, so weights come out readable by
+    their owner only (0600) whatever the umask; an export in a shared models folder should be
+    readable like its config.json beside it.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ImageError, TokenizerError
+from ..resources import default_file_mode
 
 __all__ = ["ImageTokenizerConfig", "ImageTokenizer"]
 
@@ -428,6 +429,7 @@ class ImageTokenizer(nn.Module):
         meta = {"format": FORMAT, **self.config.to_dict()}
         (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         save_file(self._storage_state_dict(), str(d / WEIGHTS_NAME), metadata={"format": FORMAT})
+        default_file_mode(d / WEIGHTS_NAME)
         return d
 
     @classmethod
