@@ -230,6 +230,36 @@ def test_bad_arguments(pipe):
         evaluate(pipe, "shapes:1", tasks=["caption"], n=1, batch_size=0, progress=False)
 
 
+def test_decoding_options_reach_every_task_they_name(pipe, monkeypatch):
+    calls = []
+    real = pipe.run
+    def spy(task, image=None, **kw):
+        calls.append((task, kw))
+        return real(task, image, **kw)
+    monkeypatch.setattr(pipe, "run", spy)
+    options = {None: {"max_new_tokens": 40}, "generate_image": {"guidance": 2.0}, "detect": {"threshold": 1.01}}
+    res = evaluate(pipe, "shapes:1", tasks=["caption", "detect", "generate_image"], n=2, batch_size=2,
+                   options=options, progress=False)
+    by_task = {}
+    for task, kw in calls:
+        by_task.setdefault(task, []).append(kw)
+    assert by_task["caption"][0]["max_new_tokens"] == 40 and "guidance" not in by_task["caption"][0]
+    assert by_task["generate_image"][0]["guidance"] == 2.0 and "seed" in by_task["generate_image"][0]
+    assert by_task["detect"][0]["threshold"] == 1.01  # consistency's own detector calls come after, unscoped
+    assert res["detect"]["map50"] == 0.0  # nothing scores above 1
+    assert res["run"]["options"] == {"*": {"max_new_tokens": 40}, "generate_image": {"guidance": 2.0},
+                                     "detect": {"threshold": 1.01}}
+
+
+def test_bad_decoding_options(pipe):
+    with pytest.raises(InputError, match=r"\['threshold'\] for caption.*--option detect.threshold="):
+        evaluate(pipe, "shapes:1", tasks=["caption"], n=1, options={None: {"threshold": 0.5}}, progress=False)
+    with pytest.raises(InputError, match="option is given for detect, which is not among the tasks evaluated"):
+        evaluate(pipe, "shapes:1", tasks=["caption"], n=1, options={"detect": {"threshold": 0.5}}, progress=False)
+    with pytest.raises(InputError, match="options must be"):
+        evaluate(pipe, "shapes:1", tasks=["caption"], n=1, options={"num_beams": 3}, progress=False)
+
+
 # ---------------------------------------------------------------------------- the command
 def test_cli_eval_writes_strict_json(model_dir, tmp_path, capsys):
     out = tmp_path / "m" / "metrics.json"
@@ -251,6 +281,9 @@ def test_cli_eval_writes_strict_json(model_dir, tmp_path, capsys):
     (["--data", "nope.jsonl"], "does not exist"),
     (["--tasks", "colour"], "unknown task 'colour'"),
     (["--n", "0"], "positive integer"),
+    (["--option", "beams"], "is not KEY=VALUE"),
+    (["--option", "colour.x=1"], "unknown task 'colour'"),
+    (["--tasks", "caption", "--option", "guidance=3"], "['guidance'] for caption"),
 ])
 def test_cli_errors(model_dir, capsys, argv, message):
     assert cli.main(["eval", "--model", str(model_dir), *argv]) == 2

@@ -132,6 +132,44 @@ def test_run_dispatches_by_name(pipe, image):
         pipe.run("translate", image)
 
 
+def test_run_takes_the_task_methods_options(pipe, image, monkeypatch):
+    seen = []
+    real = pipe._generate
+    def spy(examples, processors, gen_kw, want_scores):
+        seen.append(dict(gen_kw))
+        return real(examples, processors, gen_kw, want_scores)
+    monkeypatch.setattr(pipe, "_generate", spy)
+    pipe.run("caption", image, num_beams=2, max_new_tokens=3)
+    assert seen[-1]["num_beams"] == 2 and seen[-1]["max_new_tokens"] == 3
+    pipe.run("vqa", [image, image], question="what color?", repetition_penalty=1.3, max_new_tokens=2)
+    assert seen[-1]["repetition_penalty"] == 1.3
+    assert pipe.run("detect", image, threshold=1.01) == []  # no score exceeds 1
+    assert pipe.run("detect", image, max_objects=1, threshold=0.0) == pipe.detect(image, max_objects=1)
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['guidence'\] for generate_image; it takes .*guidance"):
+        pipe.run("generate_image", text="a star", guidence=3)
+    with pytest.raises(InputError, match=r"\['threshold'\] for caption"):
+        pipe.run("caption", image, threshold=0.5)
+    with pytest.raises(InputError, match="caption takes no question"):
+        pipe.run("caption", image, question="what?")
+    with pytest.raises(TaskError, match="needs question"):
+        pipe.run("vqa", image)
+
+
+def test_option_strings_parse_and_scope():
+    from unio.pipeline import options_for, parse_options
+    opts = parse_options(["num_beams=3", "generate_image.guidance=2.5", "detect.threshold=0.5", "prompt=none",
+                          "do_sample=false"])
+    assert opts == {None: {"num_beams": 3, "prompt": None, "do_sample": False},
+                    "generate_image": {"guidance": 2.5}, "detect": {"threshold": 0.5}}
+    assert options_for("detect", opts) == {"num_beams": 3, "prompt": None, "do_sample": False, "threshold": 0.5}
+    with pytest.raises(InputError, match=r"scope it, e.g. --option detect.threshold="):
+        options_for("caption", parse_options(["threshold=0.5"]))
+    for bad, message in [("beams", "not KEY=VALUE"), ("=3", "not KEY=VALUE"), ("a=", "not KEY=VALUE"),
+                         ("colorize.x=1", "unknown task 'colorize'")]:
+        with pytest.raises(unio.UnioError, match=message):
+            parse_options([bad])
+
+
 # ---------------------------------------------------------------------------- batching
 def test_lists_are_batched_and_match_single_calls(pipe, image, tmp_path):
     other = Image.fromarray(np.asarray(image)[:, ::-1].copy())

@@ -139,6 +139,12 @@ def test_region_tasks_and_images(model, images, tmp_path):
     (["caption", "--model", "M", "MISSING"], "does not exist"),
     (["caption", "--model", "M", "I", "--format", "coco"], "--format coco is for detect"),
     (["caption", "--model", "NOMODEL", "I"], "neither an export directory nor a shipped model"),
+    (["caption", "--model", "M", "I", "--text", "x"], "takes no --text; to write its prompt yourself use --option"),
+    (["caption", "--model", "M", "I", "--box", "1,1,5,5"], "--box is for classify_region, describe_region, inpaint"),
+    (["detect", "--model", "M", "I", "--labels", "a,b"], "--labels is for classify and classify_region"),
+    (["caption", "--model", "M", "I", "--option", "beams"], "is not KEY=VALUE"),
+    (["caption", "--model", "M", "I", "--option", "guidance=3"], "unknown option(s) ['guidance'] for caption"),
+    (["caption", "--model", "M", "I", "--option", "detect.threshold=0.5"], "names task 'detect', but this command"),
 ])
 def test_bad_input_gives_one_message(model, images, tmp_path, argv, message):
     bad = tmp_path / "bad.png"
@@ -155,3 +161,20 @@ def test_bad_input_from_the_shell(model):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "unio predict: error: `unio predict vqa` needs --text (the question)"
+
+
+def test_options_reach_the_model(model, images, tmp_path):
+    code, _, err = predict("caption", "--model", model, images[0], "--option", "max_new_tokens=1",
+                           "--out", tmp_path / "c.jsonl")
+    assert code == 0, err
+    assert len(read_jsonl(tmp_path / "c.jsonl")[0]["text"].split()) <= 1
+    code, _, err = predict("detect", "--model", model, *images[:2], "--option", "threshold=1.01",
+                           "--out", tmp_path / "d.jsonl")
+    assert code == 0, err
+    assert [r["boxes"] for r in read_jsonl(tmp_path / "d.jsonl")] == [[], []]
+    for seed in (0, 0, 1):
+        code, _, err = predict("generate_image", "--model", model, "--text", "a red circle", "--option", "guidance=2",
+                               "--option", f"seed={seed}", "--out", tmp_path / f"g{seed}.jsonl")
+        assert code == 0, err
+    pixels = [np.asarray(Image.open(read_jsonl(tmp_path / f"g{s}.jsonl")[0]["image_png"])) for s in (0, 1)]
+    assert not np.array_equal(*pixels)

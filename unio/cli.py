@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="decoding option of the task, repeatable: num_beams=3, threshold=0.5 (detect), "
+                        "guidance=3 and seed=0 (generate_image), top_p=0.9 ...")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("train", help="train under DeepSpeed from a recipe")
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--seed", type=int, default=0, help="which item of each sample is asked, and image sampling")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--option", dest="options", action="append", default=[], metavar="[TASK.]KEY=VALUE",
+                   help="decoding option, repeatable; without TASK. it applies to every task: num_beams=3, "
+                        "generate_image.guidance=3, detect.max_objects=20 ...")
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("export", help="write an export directory (what unio.load reads) from a run")

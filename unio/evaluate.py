@@ -230,7 +230,27 @@ def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list,
 
 
 # ---------------------------------------------------------------------- generation
-def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None) -> list:
+def _check_option_scopes(options, tasks) -> dict:
+    """``evaluate``'s ``options`` as ``{task or None: {key: value}}``; a task named there must be evaluated."""
+    from .tasks import get_task
+    if not options:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise InputError("options must be {task or None: {option: value}}, e.g. {'generate_image': {'guidance': 3}}")
+    named = None
+    if tasks is not None:
+        named = set(tasks.replace(",", " ").split() if isinstance(tasks, str) else tasks)
+    for scope in options:
+        if scope is None:
+            continue
+        get_task(scope)  # TaskError listing the known tasks
+        if named is not None and scope not in named:
+            raise InputError(f"an option is given for {scope}, which is not among the tasks evaluated "
+                             f"({', '.join(sorted(named))}); add it to the tasks or drop the option")
+    return {k: dict(v) for k, v in options.items()}
+
+
+def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None, user_options=None) -> list:
     """Predictions for prepared examples through ``Pipeline.run`` (which builds, generates, parses)."""
     from .images import load_image
     from .tasks.classify import Classify
@@ -244,10 +264,12 @@ def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None
     for c, start in enumerate(range(0, len(examples), batch_size)):
         chunk = examples[start:start + batch_size]
         inputs = {k: [e.meta[k] for e in chunk] for k in keys}
+        run_options = dict(options)
         if isinstance(task, ImageTask):
-            inputs["seed"] = int(seed) * 100003 + c  # a fixed generator per batch: reproducible sampling
+            run_options["seed"] = int(seed) * 100003 + c  # a fixed generator per batch: reproducible sampling
+        run_options.update(user_options or {})
         images = None if not task.needs_image else [load_image(s["image"]) for s in samples[start:start + len(chunk)]]
-        result = pipe.run(task.name, images, batch_size=len(chunk), **inputs, **options)
+        result = pipe.run(task.name, images, batch_size=len(chunk), **inputs, **run_options)
         out.extend(result if isinstance(result, list) else [result])
         if bar is not None:
             bar.update(len(chunk))
@@ -398,14 +420,16 @@ def _n_for(n, name: str) -> int:
 
 
 def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 32, *, device=None, seed: int = 0,
-             progress: bool = True, return_details: bool = False):
+             options: dict | None = None, progress: bool = True, return_details: bool = False):
     """Evaluate ``model`` (an export directory, a shipped model name or a :class:`~unio.Pipeline`)
     on ``data`` (see :func:`parse_data_spec`), task by task.
 
     ``tasks``: names (default: every task the model has a prompt for; tasks the data or model
     cannot serve, e.g. depth on a caption dataset, are then left out and listed under
     ``run.skipped_tasks``; named explicitly they raise). ``n``: examples per task, an int or a
-    dict ``{task: n, "default": n}``. Returns ``{task: {metric: value, "n", "seconds"}, "run":
+    dict ``{task: n, "default": n}``. ``options``: decoding options as ``Pipeline.run`` takes them,
+    ``{task: {key: value}}`` with ``None`` for every task (``{None: {"num_beams": 3},
+    "generate_image": {"guidance": 3.0}}``); they are recorded under ``run.options``. Returns ``{task: {metric: value, "n", "seconds"}, "run":
     {...}}`` (NaN where a metric is undefined, e.g. mAP without ground-truth boxes); with
     ``return_details`` also ``{task: (examples, samples, predictions)}``.
     """
@@ -421,9 +445,12 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         from .tasks import get_task
         for name in ([t for t in tasks.replace(",", " ").split()] if isinstance(tasks, str) else tasks):
             get_task(name)
+    options = _check_option_scopes(options, tasks)
     source, entry = open_data(data)  # input errors before the (slower) model load
     pipe = model if isinstance(model, Pipeline) else load(model, device=device, batch_size=batch_size)
     task_objs, explicit, skipped_tasks = _task_list(pipe, tasks)
+    from .pipeline import options_for
+    task_options = {t.name: options_for(t.name, options) for t in task_objs}
     samples = _Samples(source)
     results: dict[str, Any] = {}
     details: dict[str, tuple] = {}
@@ -446,7 +473,7 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
             skipped_tasks[task.name] = reason
             continue
         with tqdm(total=len(examples), desc=f"{task.name:<16}", disable=not progress, leave=False) as bar:
-            predictions = _predict(pipe, task, examples, used, batch_size, seed, bar)
+            predictions = _predict(pipe, task, examples, used, batch_size, seed, bar, task_options[task.name])
         metrics = _score(pipe, task, predictions, examples, used, batch_size)
         metrics.update(n=len(examples), seconds=round(time.perf_counter() - start, 3))
         if bad:
@@ -460,6 +487,7 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         "model_info": {k: pipe.meta[k] for k in ("preset", "trained", "step", "vocab_fingerprint") if k in pipe.meta},
         "versions": _versions(), "seconds": round(time.perf_counter() - start_all, 3),
         "skipped_tasks": skipped_tasks,
+        "options": {("*" if k is None else k): dict(v) for k, v in options.items()},
     }
     return (results, details) if return_details else results
 
@@ -523,8 +551,10 @@ def main(args) -> int:
     tasks = None
     if args.tasks:
         tasks = [t for item in args.tasks for t in item.replace(",", " ").split()]
+    from .pipeline import parse_options
+    options = parse_options(getattr(args, "options", None))
     results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
-                       device=args.device, seed=getattr(args, "seed", 0))
+                       device=args.device, seed=getattr(args, "seed", 0), options=options)
     print(format_table(results))
     if args.out:
         print(f"wrote {write_json(results, args.out)}")

@@ -50,6 +50,14 @@ GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "
                               "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size"})
 
 
+# task -> (Pipeline method, the per-item inputs it takes after the image, in order)
+TASK_METHODS = {"caption": ("caption", ()), "vqa": ("ask", ("question",)), "classify": ("classify", ()),
+                "detect": ("detect", ()), "ground": ("ground", ("expression",)),
+                "describe_region": ("describe_region", ("box",)), "classify_region": ("classify_region", ("box",)),
+                "segment": ("segment", ("expression",)), "depth": ("depth", ()), "inpaint": ("inpaint", ("box", "text"))}
+PER_ITEM_INPUTS = ("question", "expression", "box", "text")
+
+
 # ---------------------------------------------------------------------- export directories
 def save_export(out_dir, model, ctx: TaskContext, metadata: dict | None = None) -> Path:
     """Write an export directory from a model, its task context and extra metadata (e.g. step, recipe)."""
@@ -347,15 +355,30 @@ class Pipeline:
                           top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
 
     def run(self, task: str, image=None, *, batch_size=None, **inputs):
-        """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``."""
+        """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``.
+
+        Takes the same inputs and options as the task's method (``num_beams=3``, ``guidance=3``,
+        ``threshold=0.5`` ...); an option the task does not take raises :class:`InputError`.
+        """
         get_task(task)
         if task == "generate_image":
+            check_options(task, {k: v for k, v in inputs.items() if k != "text"})
             return self.generate_image(inputs.pop("text", None) or _required("text", task), batch_size=batch_size,
                                        **inputs)
-        per_item = {k: inputs.pop(k) for k in ("question", "expression", "box", "text") if k in inputs}
         if image is None:
             raise TaskError(f"task {task!r} needs an image")
-        return self._call(task, image, per_item, batch_size, {}, **inputs)
+        per_item = {k: inputs.pop(k) for k in PER_ITEM_INPUTS if k in inputs}
+        if task in TASK_METHODS:
+            method, needs = TASK_METHODS[task]
+            extra = sorted(set(per_item) - set(needs))
+            if extra:
+                raise InputError(f"{task} takes no {' or '.join(extra)}"
+                                 + (f"; its inputs: {', '.join(needs)}" if needs else ""))
+            check_options(task, inputs)
+            return getattr(self, method)(image, **{k: per_item.get(k) for k in needs}, batch_size=batch_size,
+                                         **inputs)
+        gen = {k: inputs.pop(k) for k in list(inputs) if k in GENERATE_OPTIONS}  # a task registered elsewhere
+        return self._call(task, image, per_item, batch_size, gen, **inputs)
 
     # ------------------------------------------------------------------ scoring, raw generation, parsing
     @torch.inference_mode()
@@ -587,6 +610,79 @@ def _broadcast(name: str, value, n: int, batch: bool) -> list:
     if batch and isinstance(value, (list, tuple)) and len(value) == n:
         return list(value)
     raise InputError(f"{name} must be a string, or a list of {n} strings (one per image); got {value!r:.80}")
+
+
+def task_options(task: str) -> set[str]:
+    """The options ``Pipeline.run(task, ...)`` takes besides the image and per-item inputs:
+    the task method's keywords plus transformers ``generate`` options."""
+    import inspect
+    method = "generate_image" if task == "generate_image" else TASK_METHODS.get(task, (None,))[0]
+    if method is None:  # a task registered elsewhere: its own options are not known here
+        return set(GENERATE_OPTIONS)
+    params = inspect.signature(getattr(Pipeline, method)).parameters.values()
+    named = {p.name for p in params if p.kind != p.VAR_KEYWORD}
+    return (named | GENERATE_OPTIONS) - {"self", "image", "text", "batch_size", *PER_ITEM_INPUTS}
+
+
+def check_options(task: str, options: dict) -> None:
+    """InputError naming what ``task`` takes when ``options`` has a key it does not."""
+    if TASK_METHODS.get(task) is None and task != "generate_image":
+        return
+    unknown = sorted(set(options) - task_options(task))
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown} for {task}; it takes {sorted(task_options(task))}")
+
+
+def parse_options(items) -> dict:
+    """The CLI's ``--option [TASK.]KEY=VALUE`` strings -> ``{TASK or None: {KEY: value}}``.
+
+    Values read as YAML scalars do (``3`` int, ``0.9`` float, ``true``, ``none``); ``None``
+    scopes an option to every task.
+    """
+    from .tasks import task_names
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise InputError(f"--option {item!r} is not KEY=VALUE; write e.g. --option num_beams=3 or "
+                             "--option generate_image.guidance=3")
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in task_names():
+            raise TaskError(f"--option {item!r} names unknown task {scope!r}; choose one of: {', '.join(task_names())}")
+        out.setdefault(scope or None, {})[name] = _option_value(text.strip())
+    return out
+
+
+def options_for(task: str, options: dict, several_tasks: bool = True) -> dict:
+    """The options of ``parse_options`` that apply to ``task``, checked against what it takes
+    (``several_tasks``: the error tells how to scope an option to one task)."""
+    merged = {**options.get(None, {}), **options.get(task, {})}
+    try:
+        check_options(task, merged)
+    except InputError as exc:
+        hint = ""
+        unscoped = sorted(set(options.get(None, {})) - task_options(task))
+        if unscoped and several_tasks:
+            takers = [t for t in [*TASK_METHODS, "generate_image"] if unscoped[0] in task_options(t)]
+            hint = (f" (an option written without TASK. applies to every task; scope it"
+                    + (f", e.g. --option {takers[0]}.{unscoped[0]}=..." if takers else "") + ")")
+        raise InputError(f"{exc}{hint}") from None
+    return merged
+
+
+def _option_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _required(name, task):

@@ -1,4 +1,5 @@
-"""``unio predict TASK --model DIR IMAGE... [--text T] [--out preds.jsonl] [--viz DIR] [--format coco]``.
+"""``unio predict TASK --model DIR IMAGE... [--text T] [--out preds.jsonl] [--viz DIR] [--format coco]
+[--option KEY=VALUE ...]``.
 
 Writes one JSON record per image (JSONL; to stdout without ``--out``): text answers, labels with
 scores, boxes as x1 y1 x2 y2 pixels of the original image, masks as COCO RLE, depth maps and
@@ -34,11 +35,25 @@ def main(args) -> int:
     role = TEXT_ROLE.get(task)
     if role and not (args.text and args.text.strip()):
         raise InputError(f"`unio predict {task}` needs --text (the {role})")
+    if args.text and not role and task in TEXT_ROLE:
+        raise InputError(f"`unio predict {task}` takes no --text; to write its prompt yourself use "
+                         "--option prompt='...'")
     box = _parse_box(args.box) if args.box else None
+    if box is not None and task not in NEEDS_BOX and task in TEXT_ROLE:
+        raise InputError(f"--box is for {', '.join(sorted(NEEDS_BOX))}, not {task}; drop it")
     if task in NEEDS_BOX and box is None:
         raise InputError(f"`unio predict {task}` needs --box x1,y1,x2,y2 (pixels of the input images)")
+    if args.labels and task not in ("classify", "classify_region"):
+        raise InputError(f"--labels is for classify and classify_region, not {task}; drop it")
     if args.format == "coco" and task != "detect":
         raise InputError(f"--format coco is for detect results only, not {task}; use --format jsonl")
+    from .pipeline import options_for, parse_options
+    parsed = parse_options(getattr(args, "options", None))
+    other = sorted(t for t in parsed if t not in (None, task))
+    if other:
+        raise InputError(f"--option names task {other[0]!r}, but this command runs {task}; drop the "
+                         f"'{other[0]}.' prefix or run `unio predict {other[0]}`")
+    options = options_for(task, parsed, several_tasks=False)
     images = _image_paths(args.images, task)
     out = Path(args.out) if args.out else None
     files = Path(args.viz) if args.viz else (out.parent / f"{out.stem}_files" if out else Path("unio-predict-files"))
@@ -49,17 +64,17 @@ def main(args) -> int:
     records = []
     if task == "generate_image":
         files.mkdir(parents=True, exist_ok=True)
-        image = pipe.generate_image(args.text)
+        image = pipe.generate_image(args.text, **options)
         path = files / "generated.png"
         image.save(path)
         records.append({"task": task, "text": args.text, "image_png": str(path)})
     else:
-        records = _run_images(pipe, task, images, args, box, files, viz)
+        records = _run_images(pipe, task, images, args, box, files, viz, options)
     _write(records, task, out, args.format, pipe)
     return 0
 
 
-def _run_images(pipe, task, paths, args, box, files: Path, viz: Path | None) -> list[dict]:
+def _run_images(pipe, task, paths, args, box, files: Path, viz: Path | None, options: dict) -> list[dict]:
     from tqdm import tqdm
 
     from .images import load_image
@@ -71,7 +86,7 @@ def _run_images(pipe, task, paths, args, box, files: Path, viz: Path | None) -> 
         for start in range(0, len(paths), bs):
             chunk = paths[start:start + bs]
             pils = [load_image(p) for p in chunk]
-            results = _call(pipe, task, pils, args.text, box, labels, bs)
+            results = _call(pipe, task, pils, args.text, box, labels, bs, options)
             for k, (path, pil, result) in enumerate(zip(chunk, pils, results)):
                 index = start + k
                 rec = {"image": str(path), "task": task, "width": pil.width, "height": pil.height}
@@ -81,28 +96,13 @@ def _run_images(pipe, task, paths, args, box, files: Path, viz: Path | None) -> 
     return records
 
 
-def _call(pipe, task, pils, text, box, labels, bs):
-    if task == "caption":
-        return pipe.caption(pils, batch_size=bs)
-    if task == "vqa":
-        return pipe.ask(pils, text, batch_size=bs)
-    if task == "classify":
-        return pipe.classify(pils, labels=labels, batch_size=bs)
-    if task == "detect":
-        return pipe.detect(pils, batch_size=bs)
-    if task == "ground":
-        return pipe.ground(pils, text, batch_size=bs)
-    if task == "describe_region":
-        return pipe.describe_region(pils, box, batch_size=bs)
-    if task == "classify_region":
-        return pipe.classify_region(pils, box, labels=labels, batch_size=bs)
-    if task == "segment":
-        return pipe.segment(pils, text, batch_size=bs)
-    if task == "depth":
-        return pipe.depth(pils, batch_size=bs)
-    if task == "inpaint":
-        return pipe.inpaint(pils, box, text, batch_size=bs)
-    return pipe.run(task, pils, batch_size=bs)
+def _call(pipe, task, pils, text, box, labels, bs, options):
+    inputs = {TEXT_ROLE[task]: text} if TEXT_ROLE.get(task) else {}
+    if task in NEEDS_BOX:
+        inputs["box"] = box
+    if labels is not None:
+        inputs["labels"] = labels
+    return pipe.run(task, pils, batch_size=bs, **inputs, **options)
 
 
 def _record(task, result, pil, index, path, text, box, files: Path, viz: Path | None) -> dict:
