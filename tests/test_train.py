@@ -388,10 +388,22 @@ out: {tmp_path}/run
     assert meta["init"] == str(init) and meta["step"] == meta["total_steps"] == 3
     (tmp_path / "run2").mkdir()
     shutil.copytree(tmp_path / "run", tmp_path / "run2", dirs_exist_ok=True)
+    assert json.loads((tmp_path / "run" / "init.json").read_text())["total_steps"] == 0  # unio init: untrained
+    (tmp_path / "run2" / "init.json").unlink()  # a run without the record: the init export is read at export
     recipe_file = tmp_path / "run2" / "recipe.yaml"
     recipe_file.write_text(recipe_file.read_text().replace(str(init), str(tmp_path / "export")))
     meta2 = json.loads((export(tmp_path / "run2", tmp_path / "export2") / "unio.json").read_text())
     assert meta2["total_steps"] == 6 and meta2["run"] == str((tmp_path / "run2").resolve())
+    shutil.rmtree(init)  # the record written when the run started outlives the init export
+    assert json.loads((export(tmp_path / "run", tmp_path / "export3") / "unio.json").read_text())["total_steps"] == 3
+    shutil.rmtree(tmp_path / "export")  # run2's init is gone and it has no record: the lineage is unknown,
+    meta4 = json.loads((export(tmp_path / "run2", tmp_path / "export4") / "unio.json").read_text())
+    assert "total_steps" not in meta4
+    shutil.copytree(tmp_path / "run", tmp_path / "run5")  # and an init whose own lineage is unknown gives none
+    (tmp_path / "run5" / "init.json").unlink()
+    recipe_file = tmp_path / "run5" / "recipe.yaml"
+    recipe_file.write_text(recipe_file.read_text().replace(str(init), str(tmp_path / "export4")))
+    assert "total_steps" not in json.loads((export(tmp_path / "run5", tmp_path / "export5") / "unio.json").read_text())
     assert isinstance(pipe.caption(tmp_path / "0.png"), str)
 
 

@@ -43,6 +43,7 @@ __all__ = ["main", "train", "export", "build_ds_config", "WarmupCosine", "latest
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
+INIT_RECORD = "init.json"  # the model.init export's lineage, written when a run starts
 
 
 # ----------------------------------------------------------------------------- environment
@@ -177,7 +178,7 @@ def _prepare_run(recipe: dict, run: Path, resume: bool, rank: int) -> None:
     command = "unio train " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     save_recipe(recipe, run / ("recipe.yaml" if not resume else "recipe.resume.yaml"), command=command)
     if not resume:  # a run that died before its first checkpoint starts over
-        for name in ("metrics.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "eval.jsonl", INIT_RECORD):
             (run / name).unlink(missing_ok=True)
     tok = run / "tokenizers"
     if resume and (tok / "text.model").is_file():
@@ -431,6 +432,8 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
         meta = json.loads((Path(m["init"]) / "unio.json").read_text())
         m["image_size"], m["patch_size"] = meta["image_size"], meta["patch_size"]
         recipe["num_bins"] = meta.get("num_bins", recipe["num_bins"])
+        if rank == 0 and not (run / INIT_RECORD).is_file():  # the lineage outlives the init export
+            (run / INIT_RECORD).write_text(json.dumps(_lineage(m["init"], meta), indent=2) + "\n")
     sources = [open_source(spec, d["on_bad_record"]) for spec in d["train"]]
     for i, s in enumerate(sources):
         if s.skipped and rank == 0:
@@ -746,12 +749,30 @@ def _provenance(run: Path, recipe: dict, step: int) -> dict:
     out["total_steps"] = step
     if init:
         out["init"] = _shown_path(init)
-        try:
-            before = json.loads((Path(init) / "unio.json").read_text())
-            out["total_steps"] = step + int(before.get("total_steps", before.get("step") or 0))
-        except (OSError, ValueError, TypeError):  # the init export moved or is gone: the lineage is unknown
+        try:  # recorded when the run started; else the init export as it is now
+            lineage = json.loads((run / INIT_RECORD).read_text())
+        except (OSError, ValueError):
+            try:
+                lineage = _lineage(init, json.loads((Path(init) / "unio.json").read_text()))
+            except (OSError, ValueError):
+                lineage = {}
+        if isinstance(lineage.get("total_steps"), int):
+            out["total_steps"] = step + lineage["total_steps"]
+        else:  # the init export moved or is gone, or its own lineage was unknown
             del out["total_steps"]
     return out
+
+
+def _lineage(init, meta: dict) -> dict:
+    """What a run fine-tuned from the export ``init`` (its unio.json ``meta``) keeps of it:
+    ``total_steps`` of the whole chain behind it, None when that is unknown."""
+    total = meta.get("total_steps")
+    if total is None and not meta.get("init") and meta.get("trained"):  # trained from scratch
+        total = meta.get("step")
+    if total is None and not meta.get("trained"):  # an untrained export (unio init)
+        total = 0
+    return {"init": _shown_path(init), "run": meta.get("run"), "step": meta.get("step"),
+            "total_steps": int(total) if isinstance(total, (int, float)) else None}
 
 
 def _consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict:
