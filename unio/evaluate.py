@@ -230,16 +230,14 @@ def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list,
 
 
 # ---------------------------------------------------------------------- generation
-def _check_option_scopes(options, tasks) -> dict:
-    """``evaluate``'s ``options`` as ``{task or None: {key: value}}``; a task named there must be evaluated."""
+def _check_option_scopes(options, named: list[str] | None) -> dict:
+    """``evaluate``'s ``options`` as ``{task or None: {key: value}}``; a task named there must be
+    among the ``named`` tasks (None: every task of the model)."""
     from .tasks import get_task
     if not options:
         return {}
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise InputError("options must be {task or None: {option: value}}, e.g. {'generate_image': {'guidance': 3}}")
-    named = None
-    if tasks is not None:
-        named = set(tasks.replace(",", " ").split() if isinstance(tasks, str) else tasks)
     for scope in options:
         if scope is None:
             continue
@@ -429,8 +427,8 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     ``run.skipped_tasks``; named explicitly they raise). ``n``: examples per task, an int or a
     dict ``{task: n, "default": n}``. ``options``: decoding options as ``Pipeline.run`` takes them,
     ``{task: {key: value}}`` with ``None`` for every task (``{None: {"num_beams": 3},
-    "generate_image": {"guidance": 3.0}}``); they are recorded under ``run.options``. Returns ``{task: {metric: value, "n", "seconds"}, "run":
-    {...}}`` (NaN where a metric is undefined, e.g. mAP without ground-truth boxes); with
+    "generate_image": {"guidance": 3.0}}``); they are recorded under ``run.options``. Returns
+    ``{task: {metric: value, "n", "seconds"}, "run": {...}}`` (NaN where a metric is undefined, e.g. mAP without ground-truth boxes); with
     ``return_details`` also ``{task: (examples, samples, predictions)}``.
     """
     import torch
@@ -441,11 +439,13 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     for value in (n.values() if isinstance(n, dict) else [n]):
         _n_for(value, "every task")
+    named = None
     if tasks is not None:  # unknown names fail before the (slower) model load
         from .tasks import get_task
-        for name in ([t for t in tasks.replace(",", " ").split()] if isinstance(tasks, str) else tasks):
+        named = tasks.replace(",", " ").split() if isinstance(tasks, str) else list(tasks)
+        for name in named:
             get_task(name)
-    options = _check_option_scopes(options, tasks)
+    options = _check_option_scopes(options, named)
     source, entry = open_data(data)  # input errors before the (slower) model load
     pipe = model if isinstance(model, Pipeline) else load(model, device=device, batch_size=batch_size)
     task_objs, explicit, skipped_tasks = _task_list(pipe, tasks)

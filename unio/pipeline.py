@@ -18,6 +18,7 @@ reads one and refuses tokenizers that do not match the fingerprint. Nothing is u
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import platform
 from dataclasses import dataclass
@@ -362,7 +363,7 @@ class Pipeline:
         """
         get_task(task)
         if task == "generate_image":
-            check_options(task, {k: v for k, v in inputs.items() if k != "text"})
+            check_options(task, {k: v for k, v in inputs.items() if k != "text"})  # text is the input
             return self.generate_image(inputs.pop("text", None) or _required("text", task), batch_size=batch_size,
                                        **inputs)
         if image is None:
@@ -612,16 +613,17 @@ def _broadcast(name: str, value, n: int, batch: bool) -> list:
     raise InputError(f"{name} must be a string, or a list of {n} strings (one per image); got {value!r:.80}")
 
 
-def task_options(task: str) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def task_options(task: str) -> frozenset[str]:
     """The options ``Pipeline.run(task, ...)`` takes besides the image and per-item inputs:
     the task method's keywords plus transformers ``generate`` options."""
     import inspect
     method = "generate_image" if task == "generate_image" else TASK_METHODS.get(task, (None,))[0]
     if method is None:  # a task registered elsewhere: its own options are not known here
-        return set(GENERATE_OPTIONS)
+        return GENERATE_OPTIONS
     params = inspect.signature(getattr(Pipeline, method)).parameters.values()
     named = {p.name for p in params if p.kind != p.VAR_KEYWORD}
-    return (named | GENERATE_OPTIONS) - {"self", "image", "text", "batch_size", *PER_ITEM_INPUTS}
+    return frozenset((named | GENERATE_OPTIONS) - {"self", "image", "text", "batch_size", *PER_ITEM_INPUTS})
 
 
 def check_options(task: str, options: dict) -> None:
@@ -672,17 +674,8 @@ def options_for(task: str, options: dict, several_tasks: bool = True) -> dict:
 
 
 def _option_value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    from .evaluate import _value  # the data specs' KEY=VALUE reading, plus none/null
+    return None if text.lower() in ("none", "null") else _value(text)
 
 
 def _required(name, task):
