@@ -428,8 +428,9 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     dict ``{task: n, "default": n}``. ``options``: decoding options as ``Pipeline.run`` takes them,
     ``{task: {key: value}}`` with ``None`` for every task (``{None: {"num_beams": 3},
     "generate_image": {"guidance": 3.0}}``); they are recorded under ``run.options``. Returns
-    ``{task: {metric: value, "n", "seconds"}, "run": {...}}`` (NaN where a metric is undefined, e.g. mAP without ground-truth boxes); with
-    ``return_details`` also ``{task: (examples, samples, predictions)}``.
+    ``{task: {metric: value, "n", "seconds"}, "run": {...}}`` (NaN where a metric is undefined,
+    e.g. mAP without ground-truth boxes); with ``return_details`` also ``{task: (examples,
+    samples, predictions)}``.
     """
     import torch
     from tqdm.auto import tqdm
