@@ -55,7 +55,8 @@ GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "
 TASK_METHODS = {"caption": ("caption", ()), "vqa": ("ask", ("question",)), "classify": ("classify", ()),
                 "detect": ("detect", ()), "ground": ("ground", ("expression",)),
                 "describe_region": ("describe_region", ("box",)), "classify_region": ("classify_region", ("box",)),
-                "segment": ("segment", ("expression",)), "depth": ("depth", ()), "inpaint": ("inpaint", ("box", "text"))}
+                "segment": ("segment", ("expression",)), "depth": ("depth", ()),
+                "inpaint": ("inpaint", ("box", "text"))}
 PER_ITEM_INPUTS = ("question", "expression", "box", "text")
 
 
