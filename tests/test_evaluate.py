@@ -28,7 +28,7 @@ DOCUMENTED = {
     "segment": ["miou"],
     "depth": ["absrel", "rmse", "delta1", "absrel_all"],
     "inpaint": ["psnr"],
-    "generate_image": ["consistency", "object_recall"],
+    "generate_image": ["consistency", "object_recall", "reference_consistency", "reference_object_recall"],
 }
 
 
@@ -137,6 +137,33 @@ def test_consistency_counts_requested_objects_found():
     assert got["consistency"] == pytest.approx(1 / 3)
     assert got["object_recall"] == pytest.approx((1 + 0.5 + 0.5) / 3)
     assert math.isnan(consistency(fake, ["a"], [[]])["consistency"])
+
+
+def test_generate_image_reference_runs_the_detector_on_the_target_codes():
+    """The reference figures score the decoded target codes (example.labels) with the same rule."""
+    class Pipe:
+        ctx = object()
+        seen: list = []
+
+        def run(self, task, images, batch_size=None):
+            self.seen.extend(images)
+            # only decoded targets show their objects; generated images show nothing
+            return [[Detection((0, 0, 5, 5), "red circle", 0.9)] if im.startswith("target") else [] for im in images]
+
+    class Task:
+        name = "generate_image"
+
+        def parse(self, ids, ctx):
+            assert ctx is Pipe.ctx
+            return f"target{ids}"
+
+    ex = lambda ids: type("E", (), {"labels": ids, "meta": {"text": "a red circle"}})()  # noqa: E731
+    sample = {"objects": [{"label": "red circle"}]}
+    pipe = Pipe()
+    got = _score(pipe, Task(), ["generated0", "generated1"], [ex([5, 1]), ex([6, 1])], [sample, sample], 2)
+    assert got["consistency"] == 0 and got["object_recall"] == 0
+    assert got["reference_consistency"] == 1 and got["reference_object_recall"] == 1
+    assert pipe.seen == ["generated0", "generated1", "target[5, 1]", "target[6, 1]"]
 
 
 def test_requested_objects_are_the_labels_the_text_names():

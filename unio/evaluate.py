@@ -26,7 +26,11 @@ depth          ``absrel``, ``rmse``, ``delta1`` over the pixels named by ``pixel
                (the union of the object masks) where the sample has masks, since the background
                would dominate an all-pixel mean; ``absrel_all`` over every valid pixel
 inpaint        ``psnr`` inside the box against the original image
-generate_image ``consistency`` and ``object_recall`` (see :func:`consistency`)
+generate_image ``consistency`` and ``object_recall`` (see :func:`consistency`); and the same two
+               on the image tokenizer's reconstruction of each real image
+               (``reference_consistency``, ``reference_object_recall``): what a generator that
+               wrote exactly the real image's codes would score, the ceiling that the detector
+               and the image tokenizer leave the metric
 ============== ==========================================================================
 
 Every task entry also has ``n`` (examples scored) and ``seconds`` (building, generation and
@@ -353,7 +357,11 @@ def _score(pipe, task, predictions, examples, samples, batch_size: int) -> dict:
         return _depth_scores(predictions, examples, samples)
     if name == "generate_image":
         requested = [_requested(e, s) for e, s in zip(examples, samples)]
-        return consistency(pipe, predictions, requested, batch_size)
+        metrics = consistency(pipe, predictions, requested, batch_size)
+        reference = consistency(pipe, [task.parse(e.labels, pipe.ctx) for e in examples], requested, batch_size)
+        metrics["reference_consistency"] = reference["consistency"]
+        metrics["reference_object_recall"] = reference["object_recall"]
+        return metrics
     metrics = dict(task.metric(predictions, examples))
     if name in ("caption", "describe_region"):
         metrics["exact_match"] = exact_match(predictions, [e.meta["references"] for e in examples])
