@@ -13,6 +13,7 @@ from PIL import Image
 from unio import cli
 from unio.errors import DataError, InputError, TaskError
 from unio.evaluate import _one_item, _requested, _score, _vqa_scores, consistency, evaluate, format_table, parse_data_spec
+from unio.metrics import vqa_accuracy
 from unio.tasks import Detection, get_task
 from conftest import write_micro_export, write_micro_tokenizers
 
@@ -104,10 +105,22 @@ def test_items_are_drawn_per_sample_not_always_the_first():
 def test_vqa_accuracy_is_exact_match_without_ten_human_answers():
     ex = lambda answers: type("E", (), {"meta": {"answers": answers}})()  # noqa: E731
     # one reference answer (shapes): the VQAv2 rule would give 0 to a right answer
-    assert _vqa_scores(["Two", "no"], [ex(["2"]), ex(["yes"])]) == {"accuracy": 0.5, "exact_match": 0.5}
+    assert _vqa_scores(["Two", "no"], [ex(["2"]), ex(["yes"])]) == {
+        "accuracy": 0.5, "exact_match": 0.5, "accuracy_yes_no": 0.0, "accuracy_number": 1.0}
     # ten human answers (VQAv2): min(#humans / 3, 1) averaged over leave-one-out subsets
     got = _vqa_scores(["yes"], [ex(["yes"] * 2 + ["no"] * 8)])
     assert got["accuracy"] == pytest.approx((8 * 2 / 3 + 2 * 1 / 3) / 10) and got["exact_match"] == 1.0
+
+
+def test_vqa_accuracy_by_answer_type_follows_the_most_common_reference():
+    ex = lambda answers: type("E", (), {"meta": {"answers": answers}})()  # noqa: E731
+    examples = [ex(["yes"]), ex(["No."]), ex(["three"]), ex(["2.5"]), ex(["red"]),
+                ex(["blue"] * 6 + ["2"] * 4)]  # VQAv2: the majority answer decides the type
+    got = _vqa_scores(["yes", "yes", "3", "2.5", "red", "2"], examples)
+    assert got["accuracy_yes_no"] == 0.5
+    assert got["accuracy_number"] == 1.0
+    assert got["accuracy_other"] == pytest.approx((1.0 + vqa_accuracy("2", ["blue"] * 6 + ["2"] * 4)) / 2)
+    assert got["accuracy"] == pytest.approx((1 + 0 + 1 + 1 + 1 + vqa_accuracy("2", ["blue"] * 6 + ["2"] * 4)) / 6)
 
 
 class FakeDetector:

@@ -13,7 +13,9 @@ pipeline (``Pipeline.run``, the path users get) -> ``task.parse`` (inside the pi
 caption        ``bleu4``, ``cider`` (CIDEr-D), ``exact_match`` (any reference)
 vqa            ``accuracy``: the VQAv2 rule where a question has 10 human answers, exact match
                (after VQA answer normalisation) where it has fewer (shapes, GQA-style data:
-               the VQAv2 rule cannot reach 1 with fewer than 4 answers); ``exact_match``
+               the VQAv2 rule cannot reach 1 with fewer than 4 answers); ``exact_match``;
+               and VQAv2's split by the type of the most common reference answer:
+               ``accuracy_yes_no``, ``accuracy_number``, ``accuracy_other`` (types present only)
 classify       ``accuracy`` (constrained to the model's class list)
 detect         ``map`` (COCO mAP@[.5:.95]), ``map50``, ``map75`` through pycocotools, with the
                model's own scores (the probability of each box's label)
@@ -319,15 +321,29 @@ def _requested(example, sample) -> list[str]:
     return [str(o["label"]) for o in sample.get("objects") or [] if o.get("label") and named(str(o["label"]))]
 
 
+def _answer_type(normalized: list[str]) -> str:
+    """VQAv2's answer types: "yes/no", "number" or "other", of the most common reference answer."""
+    top = Counter(normalized).most_common(1)[0][0] if normalized else ""
+    if top in ("yes", "no"):
+        return "yes/no"
+    return "number" if top.replace(".", "", 1).isdigit() else "other"
+
+
 def _vqa_scores(predictions, examples) -> dict[str, float]:
     from .metrics import normalize_answer, vqa_accuracy
-    acc, em = [], []
+    acc, em, by_type = [], [], {}
     for p, e in zip(predictions, examples):
         answers = list(e.meta.get("answers") or [])
-        match = normalize_answer(p) in {normalize_answer(a) for a in answers}
+        normalized = [normalize_answer(a) for a in answers]
+        match = normalize_answer(p) in set(normalized)
         em.append(match)
         acc.append(vqa_accuracy(p, answers) if len(answers) >= _VQA_HUMANS else float(match))
-    return {"accuracy": float(np.mean(acc)), "exact_match": float(np.mean(em))}
+        by_type.setdefault(_answer_type(normalized), []).append(acc[-1])
+    out = {"accuracy": float(np.mean(acc)), "exact_match": float(np.mean(em))}
+    for kind in ("yes/no", "number", "other"):
+        if kind in by_type:
+            out[f"accuracy_{kind.replace('/', '_')}"] = float(np.mean(by_type[kind]))
+    return out
 
 
 def _depth_scores(predictions, examples, samples) -> dict:
