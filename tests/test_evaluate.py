@@ -89,6 +89,50 @@ def test_n_per_task_and_details(pipe):
     assert all(str(p) in pipe.ctx.class_list("image") for p in preds)  # constrained to the class list
 
 
+def test_per_example_records_add_up_to_the_metrics(tmp_path):
+    """The shipped model (non-trivial answers): each task's per-example figures, averaged, are the
+    task's metric, and every record says what was asked, answered and expected."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    path = tmp_path / "out" / "preds.jsonl"
+    res = evaluate("shapes-demo", "shapes:2", n=4, batch_size=4, progress=False, predictions=path)
+    assert res["run"]["predictions"] == str(path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    by_task = {}
+    for r in records:
+        by_task.setdefault(r["task"], []).append(r)
+    assert sorted(by_task) == sorted(t for t in res if t != "run")
+    for task, recs in by_task.items():
+        assert [r["i"] for r in recs] == list(range(res[task]["n"])), task
+        assert all(isinstance(r["prompt"], str) and r["prompt"] for r in recs), task
+    mean = lambda task, key: float(np.mean([float(r[key]) for r in by_task[task]]))  # noqa: E731
+    assert mean("caption", "exact_match") == pytest.approx(res["caption"]["exact_match"])
+    assert mean("describe_region", "exact_match") == pytest.approx(res["describe_region"]["exact_match"])
+    assert mean("vqa", "accuracy") == pytest.approx(res["vqa"]["accuracy"])
+    assert mean("classify", "correct") == pytest.approx(res["classify"]["accuracy"])
+    assert mean("classify_region", "correct") == pytest.approx(res["classify_region"]["accuracy"])
+    assert mean("ground", "iou") == pytest.approx(res["ground"]["mean_iou"])
+    assert mean("segment", "iou") == pytest.approx(res["segment"]["miou"])
+    assert mean("depth", "absrel") == pytest.approx(res["depth"]["absrel"])
+    assert mean("inpaint", "psnr") == pytest.approx(res["inpaint"]["psnr"])
+    gen = by_task["generate_image"]
+    assert np.mean([r["found"] == len(r["requested"]) for r in gen]) == pytest.approx(
+        res["generate_image"]["consistency"])
+    assert all(0.0 <= r["score"] <= 1.0 for r in by_task["classify"])
+    seg = by_task["segment"][0]  # masks are COCO RLE that pycocotools reads back
+    pred = mask_utils.decode({"size": seg["prediction"]["size"], "counts": seg["prediction"]["counts"].encode()})
+    truth = mask_utils.decode({"size": seg["truth"]["size"], "counts": seg["truth"]["counts"].encode()})
+    inter, union = np.logical_and(pred, truth).sum(), np.logical_or(pred, truth).sum()
+    assert seg["iou"] == pytest.approx(inter / union if union else 1.0)
+    det = by_task["detect"][0]
+    assert {"box", "label", "score"} <= set(det["prediction"][0]) and {"box", "label"} <= set(det["truth"][0])
+
+
+def test_predictions_path_must_be_a_file(pipe, tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        evaluate(pipe, "shapes:1", tasks=["caption"], n=1, progress=False, predictions=tmp_path)
+
+
 # ---------------------------------------------------------------------------- pieces
 def test_items_are_drawn_per_sample_not_always_the_first():
     from unio.data.shapes import ShapesWorld
@@ -314,6 +358,17 @@ def test_cli_eval_writes_strict_json(model_dir, tmp_path, capsys):
     assert set(data) == {"caption", "detect", "classify", "run"}
     assert data["run"]["model"] == str(model_dir) and data["run"]["data"] == "shapes:2"
     assert data["caption"]["n"] == 2 and isinstance(data["detect"]["map50"], float)
+
+
+def test_cli_eval_writes_per_example_predictions(model_dir, tmp_path, capsys):
+    preds = tmp_path / "preds.jsonl"
+    rc = cli.main(["eval", "--model", str(model_dir), "--data", "shapes:2", "--tasks", "vqa", "ground",
+                   "--n", "3", "--batch-size", "2", "--predictions", str(preds)])
+    assert rc == 0 and f"wrote {preds}" in capsys.readouterr().out
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [(r["task"], r["i"]) for r in records] == [("vqa", 0), ("vqa", 1), ("vqa", 2),
+                                                      ("ground", 0), ("ground", 1), ("ground", 2)]
+    assert all(len(r["truth"]) == 4 for r in records if r["task"] == "ground")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", nargs="*", default=None, help="task names (default: every task of the model)")
     s.add_argument("--n", type=int, default=200, help="samples per task")
     s.add_argument("--out", help="metrics JSON")
+    s.add_argument("--predictions", metavar="FILE.jsonl",
+                   help="also write one JSON line per example: prompt, prediction, truth and its own score")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--device", default=None)
     s.add_argument("--seed", type=int, default=0, help="which item of each sample is asked, and image sampling")

@@ -40,6 +40,14 @@ scoring; for generate_image also the detector runs). Determinism: samples are
 chosen by index, items within a sample (which question, which expression, which object) by a
 generator seeded with (seed, sample index, task), image sampling by ``seed``; the same model,
 data spec, seed and batch size give the same numbers.
+
+``predictions=PATH`` (``unio eval --predictions PATH``) also writes one JSON line per scored
+example, to see which examples a model gets wrong: ``task``, ``i`` (its place in the task's
+examples), ``sample`` (the index of its sample in the data), ``prompt``, ``prediction`` (text;
+a label with its ``score``; detections; a box; a segmentation mask as COCO RLE; ``null`` for
+depth maps and images), ``truth``, and the example's own figure where the task has one
+(``exact_match``, ``accuracy``, ``correct``, ``iou``, ``absrel``, ``psnr``, or ``found`` of
+``requested`` for text-to-image).
 """
 from __future__ import annotations
 
@@ -57,8 +65,8 @@ import numpy as np
 
 from .errors import DataError, InputError, TaskError, UnioError
 
-__all__ = ["evaluate", "parse_data_spec", "open_data", "consistency", "format_table", "write_json", "set_threads",
-           "main", "DEFAULT_N", "CONSISTENCY_THRESHOLD"]
+__all__ = ["evaluate", "parse_data_spec", "open_data", "consistency", "format_table", "write_json", "write_jsonl",
+           "set_threads", "main", "DEFAULT_N", "CONSISTENCY_THRESHOLD"]
 
 DEFAULT_N = 200
 CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its detection scores at least this
@@ -212,9 +220,10 @@ class _Samples:
         return self.cache[i]
 
 
-def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list, int]:
-    """Up to ``n`` (example, sample) pairs with ground truth; and how many samples were unusable."""
-    examples, used, skipped = [], [], 0
+def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list, list, int]:
+    """Up to ``n`` (example, sample) pairs with ground truth, the samples' indices, and how many
+    samples were unusable."""
+    examples, used, indices, skipped = [], [], [], 0
     for i in range(samples.scan_limit(n)):
         if len(examples) >= n:
             break
@@ -232,7 +241,8 @@ def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list,
             continue
         examples.append(ex)
         used.append(sample)
-    return examples, used, skipped
+        indices.append(i)
+    return examples, used, indices, skipped
 
 
 # ---------------------------------------------------------------------- generation
@@ -282,7 +292,7 @@ def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None
 
 # ---------------------------------------------------------------------- metrics
 def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
-                threshold: float = CONSISTENCY_THRESHOLD) -> dict[str, float]:
+                threshold: float = CONSISTENCY_THRESHOLD, found_out: list | None = None) -> dict[str, float]:
     """Text-to-image consistency: the model's own detector run on the images it generated.
 
     ``requested[i]`` are the object labels the text of image ``i`` asked for (with repeats). A
@@ -293,22 +303,30 @@ def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
       all-or-nothing rule of object-focused benchmarks such as GenEval, Ghosh et al., 2023);
     - ``object_recall``: the mean over images of the fraction of requested objects found.
 
-    Images that request nothing are left out; both are NaN when none is left.
+    Images that request nothing are left out; both are NaN when none is left. ``found_out``, a
+    list, receives per image the number of requested objects found (None where nothing was
+    requested).
     """
     keep = [k for k, r in enumerate(requested) if r]
     if not keep:
+        if found_out is not None:
+            found_out.extend([None] * len(requested))
         return {"consistency": float("nan"), "object_recall": float("nan"), "threshold": float(threshold)}
     detections = []
     for start in range(0, len(keep), batch_size):
         chunk = [images[k] for k in keep[start:start + batch_size]]
         detections.extend(pipe.run("detect", chunk, batch_size=len(chunk)))
     complete, recall = [], []
+    found_per_image: list = [None] * len(requested)
     for k, dets in zip(keep, detections):
         want = Counter(requested[k])
         have = Counter(d.label for d in dets if d.score >= threshold)
         found = sum(min(c, have[label]) for label, c in want.items())
+        found_per_image[k] = found
         complete.append(found == sum(want.values()))
         recall.append(found / sum(want.values()))
+    if found_out is not None:
+        found_out.extend(found_per_image)
     return {"consistency": float(np.mean(complete)), "object_recall": float(np.mean(recall)),
             "threshold": float(threshold)}
 
@@ -364,7 +382,8 @@ def _depth_scores(predictions, examples, samples) -> dict:
     return out
 
 
-def _score(pipe, task, predictions, examples, samples, batch_size: int) -> dict:
+def _score(pipe, task, predictions, examples, samples, batch_size: int, found: list | None = None) -> dict:
+    """The task's metrics; for generate_image, ``found`` receives the objects found per image."""
     from .metrics import box_iou, exact_match
     name = task.name
     if name == "vqa":
@@ -373,7 +392,7 @@ def _score(pipe, task, predictions, examples, samples, batch_size: int) -> dict:
         return _depth_scores(predictions, examples, samples)
     if name == "generate_image":
         requested = [_requested(e, s) for e, s in zip(examples, samples)]
-        metrics = consistency(pipe, predictions, requested, batch_size)
+        metrics = consistency(pipe, predictions, requested, batch_size, found_out=found)
         reference = consistency(pipe, [task.parse(e.labels, pipe.ctx) for e in examples], requested, batch_size)
         metrics["reference_consistency"] = reference["consistency"]
         metrics["reference_object_recall"] = reference["object_recall"]
@@ -387,6 +406,79 @@ def _score(pipe, task, predictions, examples, samples, batch_size: int) -> dict:
                 for p, e in zip(predictions, examples)]
         metrics["mean_iou"] = float(np.mean(ious))
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------- per-example records
+def _box(b) -> list[float] | None:
+    return None if b is None else [round(float(v), 2) for v in np.ravel(tuple(b))]
+
+
+def _rle(mask) -> dict:
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _records(pipe, task, examples, samples, indices, predictions, found) -> list[dict]:
+    """One JSON-ready record per example: what was asked, answered and expected, and its figure."""
+    from .metrics import box_iou, depth_metrics, mask_iou, normalize_answer, vqa_accuracy
+    name, out = task.name, []
+    for i, (e, s, index, p) in enumerate(zip(examples, samples, indices, predictions)):
+        m = e.meta
+        rec: dict[str, Any] = {"task": name, "i": i, "sample": int(index), "prompt": getattr(e, "prompt", None)}
+        if name in ("caption", "describe_region"):
+            refs = list(m["references"])
+            rec.update(prediction=p, truth=refs, exact_match=normalize_answer(p) in {normalize_answer(r) for r in refs})
+            if name == "describe_region":
+                rec["box"] = _box(m["box"])
+        elif name == "vqa":
+            answers = list(m.get("answers") or [])
+            match = normalize_answer(p) in {normalize_answer(a) for a in answers}
+            acc = vqa_accuracy(p, answers) if len(answers) >= _VQA_HUMANS else float(match)
+            rec.update(prediction=p, truth=answers, accuracy=acc,
+                       answer_type=_answer_type([normalize_answer(a) for a in answers]))
+        elif name in ("classify", "classify_region"):
+            rec.update(prediction=str(p), score=float(getattr(p, "score", float("nan"))), truth=m["label"],
+                       correct=str(p) == m["label"])
+            if name == "classify_region":
+                rec["box"] = _box(m["box"])
+        elif name == "detect":
+            rec.update(prediction=[d.to_dict() for d in p],
+                       truth=[{"box": _box(b), "label": lb} for b, lb in zip(m["boxes"], m["labels"])])
+        elif name == "ground":
+            rec.update(prediction=_box(p), truth=_box(m["box"]), expression=m.get("expression"),
+                       iou=box_iou(np.ravel(tuple(p)), np.ravel(m["box"])) if p is not None else 0.0)
+        elif name == "segment":
+            rec.update(prediction=_rle(p), truth=_rle(m["mask"]), expression=m.get("expression"),
+                       iou=mask_iou(p, m["mask"]))
+        elif name == "depth":
+            masks = [np.asarray(o["mask"], dtype=bool) for o in s.get("objects") or [] if o.get("mask") is not None]
+            union = np.logical_or.reduce(masks) if masks else None
+            union = union if union is not None and union.any() else None
+            rec.update(prediction=None, truth=None, absrel=depth_metrics(p, m["depth"], union)["absrel"],
+                       pixels="objects" if union is not None else "all")
+        elif name == "inpaint":
+            rec.update(prediction=None, truth=None, text=m.get("text"), box=_box(m.get("box")),
+                       psnr=task.metric([p], [e])["psnr"])
+        elif name == "generate_image":
+            requested = _requested(e, s)
+            rec.update(prediction=None, truth=None, text=m.get("text"), requested=requested,
+                       found=found[i] if found else None)
+        else:  # a task added later: its prediction as far as it is JSON
+            rec.update(prediction=getattr(p, "to_dict", lambda: p)())
+        out.append(rec)
+    return out
+
+
+def write_jsonl(records: list[dict], path) -> Path:
+    """Write records as strict JSON lines (NaN and infinity become null)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(_jsonable(r)) + "\n")
+    return path
 
 
 # ---------------------------------------------------------------------- the whole evaluation
@@ -442,7 +534,8 @@ def _n_for(n, name: str) -> int:
 
 
 def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 32, *, device=None, seed: int = 0,
-             options: dict | None = None, progress: bool = True, return_details: bool = False):
+             options: dict | None = None, progress: bool = True, return_details: bool = False,
+             predictions=None):
     """Evaluate ``model`` (an export directory, a shipped model name or a :class:`~unio.Pipeline`)
     on ``data`` (see :func:`parse_data_spec`), task by task.
 
@@ -454,7 +547,8 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     "generate_image": {"guidance": 3.0}}``); they are recorded under ``run.options``. Returns
     ``{task: {metric: value, "n", "seconds"}, "run": {...}}`` (NaN where a metric is undefined,
     e.g. mAP without ground-truth boxes); with ``return_details`` also ``{task: (examples,
-    samples, predictions)}``.
+    samples, predictions)}``. ``predictions``: a path for the per-example JSON lines (see the
+    module's documentation), recorded under ``run.predictions``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -479,13 +573,18 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     samples = _Samples(source)
     results: dict[str, Any] = {}
     details: dict[str, tuple] = {}
+    predictions_path = None if predictions is None else Path(predictions)
+    if predictions_path is not None and predictions_path.is_dir():
+        raise InputError(f"--predictions {predictions_path} is a directory; give a file name such as "
+                         f"{predictions_path / 'predictions.jsonl'}")
+    records: list[dict] = []
     start_all = time.perf_counter()
     for task in task_objs:
         count = _n_for(n, task.name)
         start = time.perf_counter()
         torch.manual_seed(seed)
         try:
-            examples, used, bad = _build(task, pipe.ctx, samples, count, seed)
+            examples, used, indices, bad = _build(task, pipe.ctx, samples, count, seed)
         except TaskError as exc:  # e.g. an image task without an image tokenizer in the model
             if explicit:
                 raise TaskError(f"cannot evaluate {task.name}: {exc}") from None
@@ -499,12 +598,15 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
             continue
         with tqdm(total=len(examples), desc=f"{task.name:<16}", disable=not progress, leave=False) as bar:
             predictions = _predict(pipe, task, examples, used, batch_size, seed, bar, task_options[task.name])
-        metrics = _score(pipe, task, predictions, examples, used, batch_size)
+        found: list = []
+        metrics = _score(pipe, task, predictions, examples, used, batch_size, found)
         metrics.update(n=len(examples), seconds=round(time.perf_counter() - start, 3))
         if bad:
             metrics["bad_samples"] = bad
         results[task.name] = metrics
         details[task.name] = (examples, used, predictions)
+        if predictions_path is not None:
+            records.extend(_records(pipe, task, examples, used, indices, predictions, found))
     results["run"] = {
         "model": str(model) if not isinstance(model, Pipeline) else str(pipe.meta.get("path", "<Pipeline>")),
         "data": _spec_text(data, entry), "data_entry": entry, "tasks": list(results), "seed": int(seed),
@@ -514,6 +616,8 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         "skipped_tasks": skipped_tasks,
         "options": {("*" if k is None else k): dict(v) for k, v in options.items()},
     }
+    if predictions_path is not None:
+        results["run"]["predictions"] = str(write_jsonl(records, predictions_path))
     return (results, details) if return_details else results
 
 
@@ -579,8 +683,11 @@ def main(args) -> int:
     from .pipeline import parse_options
     options = parse_options(getattr(args, "options", None))
     results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
-                       device=args.device, seed=getattr(args, "seed", 0), options=options)
+                       device=args.device, seed=getattr(args, "seed", 0), options=options,
+                       predictions=getattr(args, "predictions", None))
     print(format_table(results))
+    if results["run"].get("predictions"):
+        print(f"wrote {results['run']['predictions']}")
     if args.out:
         print(f"wrote {write_json(results, args.out)}")
     return 0
