@@ -264,3 +264,22 @@ def test_every_format_builds_task_examples(coco, tmp_path):
             assert task.can_build(sample), (spec["source"], name)
             ex = task.build(sample, ctx, rng)
             assert ex.labels and ex.labels[-1] == ctx.vocab.eos_id and ex.image.size == (32, 32)
+
+
+def test_encode_mask_round_trips_through_coco_rle():
+    """What eval --predictions and predict write for masks reads back through the COCO reader's decoder
+    (compressed RLE from the JSON string) and through pycocotools' own area."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from unio.data.coco import _decode_mask, encode_mask
+    mask = np.zeros((7, 5), dtype=bool)
+    mask[1:4, 2:5] = True
+    mask[6, 0] = True
+    rle = encode_mask(mask)
+    assert rle["size"] == [7, 5] and isinstance(rle["counts"], str)
+    back = _decode_mask({"size": rle["size"], "counts": rle["counts"].encode()}, 7, 5)
+    assert back.dtype == bool and (back == mask).all()
+    assert int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})) == 10
+    empty = encode_mask(np.zeros((3, 4), dtype=bool))
+    assert not _decode_mask({"size": empty["size"], "counts": empty["counts"].encode()}, 3, 4).any()

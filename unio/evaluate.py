@@ -413,14 +413,9 @@ def _box(b) -> list[float] | None:
     return None if b is None else [round(float(v), 2) for v in np.ravel(tuple(b))]
 
 
-def _rle(mask) -> dict:
-    from pycocotools import mask as mask_utils
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def _records(pipe, task, examples, samples, indices, predictions, found) -> list[dict]:
     """One JSON-ready record per example: what was asked, answered and expected, and its figure."""
+    from .data.coco import encode_mask
     from .metrics import box_iou, depth_metrics, mask_iou, normalize_answer, vqa_accuracy
     name, out = task.name, []
     for i, (e, s, index, p) in enumerate(zip(examples, samples, indices, predictions)):
@@ -449,7 +444,7 @@ def _records(pipe, task, examples, samples, indices, predictions, found) -> list
             rec.update(prediction=_box(p), truth=_box(m["box"]), expression=m.get("expression"),
                        iou=box_iou(np.ravel(tuple(p)), np.ravel(m["box"])) if p is not None else 0.0)
         elif name == "segment":
-            rec.update(prediction=_rle(p), truth=_rle(m["mask"]), expression=m.get("expression"),
+            rec.update(prediction=encode_mask(p), truth=encode_mask(m["mask"]), expression=m.get("expression"),
                        iou=mask_iou(p, m["mask"]))
         elif name == "depth":
             masks = [np.asarray(o["mask"], dtype=bool) for o in s.get("objects") or [] if o.get("mask") is not None]

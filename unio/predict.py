@@ -127,10 +127,8 @@ def _record(task, result, pil, index, path, text, box, files: Path, viz: Path | 
         picture = draw.draw_boxes(pil, [tuple(result)] if result is not None else [], [text] if result else None) \
             if viz else None
     elif task == "segment":
-        from pycocotools import mask as mask_utils
-        rle = mask_utils.encode(np.asfortranarray(result.astype(np.uint8)))
-        rec = {"expression": text, "mask": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()},
-               "area": int(result.sum())}
+        from .data.coco import encode_mask
+        rec = {"expression": text, "mask": encode_mask(result), "area": int(result.sum())}
         picture = draw.overlay_mask(pil, result) if viz else None
     elif task == "depth":
         files.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from ..errors import DataError
 from ..images import load_image
 from .formats import IMAGE_EXTENSIONS, Source, read_json
 
-__all__ = ["CocoSource", "VqaSource", "RefcocoSource"]
+__all__ = ["CocoSource", "VqaSource", "RefcocoSource", "encode_mask"]
 
 
 def _records(data, key: str, path: Path) -> list:
@@ -78,6 +78,14 @@ class _Instances:
         if not np.isfinite(box).all():
             return f"bbox {box!r} contains NaN or infinity"
         return None
+
+
+def encode_mask(mask) -> dict:
+    """bool (H, W) -> compressed COCO RLE as JSON (``{"size": [H, W], "counts": str}``), what COCO
+    results files and ``pycocotools.mask.decode`` (after ``counts.encode()``) read."""
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _decode_mask(segmentation, height: int, width: int) -> np.ndarray | None:
