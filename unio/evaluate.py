@@ -347,16 +347,22 @@ def _answer_type(normalized: list[str]) -> str:
     return "number" if top.replace(".", "", 1).isdigit() else "other"
 
 
-def _vqa_scores(predictions, examples) -> dict[str, float]:
+def _vqa_item(pred, answers: list) -> tuple[float, bool, str]:
+    """One answer's accuracy (see the module's table), exact match and VQAv2 answer type."""
     from .metrics import normalize_answer, vqa_accuracy
+    normalized = [normalize_answer(a) for a in answers]
+    match = normalize_answer(pred) in set(normalized)
+    acc = vqa_accuracy(pred, answers) if len(answers) >= _VQA_HUMANS else float(match)
+    return acc, match, _answer_type(normalized)
+
+
+def _vqa_scores(predictions, examples) -> dict[str, float]:
     acc, em, by_type = [], [], {}
     for p, e in zip(predictions, examples):
-        answers = list(e.meta.get("answers") or [])
-        normalized = [normalize_answer(a) for a in answers]
-        match = normalize_answer(p) in set(normalized)
+        a, match, kind = _vqa_item(p, list(e.meta.get("answers") or []))
+        acc.append(a)
         em.append(match)
-        acc.append(vqa_accuracy(p, answers) if len(answers) >= _VQA_HUMANS else float(match))
-        by_type.setdefault(_answer_type(normalized), []).append(acc[-1])
+        by_type.setdefault(kind, []).append(a)
     out = {"accuracy": float(np.mean(acc)), "exact_match": float(np.mean(em))}
     for kind in ("yes/no", "number", "other"):
         if kind in by_type:
@@ -364,16 +370,22 @@ def _vqa_scores(predictions, examples) -> dict[str, float]:
     return out
 
 
+def _object_pixels(sample) -> np.ndarray | None:
+    """The union of the sample's object masks; None without masks or when it is empty."""
+    masks = [np.asarray(o["mask"], dtype=bool) for o in sample.get("objects") or [] if o.get("mask") is not None]
+    union = np.logical_or.reduce(masks) if masks else None
+    return union if union is not None and union.any() else None
+
+
+def _ground_iou(pred, box) -> float:
+    from .metrics import box_iou
+    return box_iou(np.ravel(tuple(pred)), np.ravel(box)) if pred is not None else 0.0
+
+
 def _depth_scores(predictions, examples, samples) -> dict:
     from .metrics import depth_metrics
-    masks, n_objects = [], 0
-    for s in samples:
-        obj_masks = [np.asarray(o["mask"], dtype=bool) for o in s.get("objects") or [] if o.get("mask") is not None]
-        union = np.logical_or.reduce(obj_masks) if obj_masks else None
-        if union is not None and not union.any():
-            union = None
-        n_objects += union is not None
-        masks.append(union)
+    masks = [_object_pixels(s) for s in samples]
+    n_objects = sum(m is not None for m in masks)
     truth = [e.meta["depth"] for e in examples]
     out: dict[str, Any] = depth_metrics(predictions, truth, masks)
     out["pixels"] = ("objects" if n_objects == len(samples) else "all" if n_objects == 0
@@ -384,7 +396,7 @@ def _depth_scores(predictions, examples, samples) -> dict:
 
 def _score(pipe, task, predictions, examples, samples, batch_size: int, found: list | None = None) -> dict:
     """The task's metrics; for generate_image, ``found`` receives the objects found per image."""
-    from .metrics import box_iou, exact_match
+    from .metrics import exact_match
     name = task.name
     if name == "vqa":
         return _vqa_scores(predictions, examples)
@@ -402,8 +414,7 @@ def _score(pipe, task, predictions, examples, samples, batch_size: int, found: l
         metrics["exact_match"] = exact_match(predictions, [e.meta["references"] for e in examples])
     if name == "ground":
         metrics = {"acc50": metrics.pop("grounding_acc"), **metrics}
-        ious = [box_iou(np.ravel(tuple(p)), np.ravel(e.meta["box"])) if p is not None else 0.0
-                for p, e in zip(predictions, examples)]
+        ious = [_ground_iou(p, e.meta["box"]) for p, e in zip(predictions, examples)]
         metrics["mean_iou"] = float(np.mean(ious))
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in metrics.items()}
 
@@ -416,22 +427,20 @@ def _box(b) -> list[float] | None:
 def _records(pipe, task, examples, samples, indices, predictions, found) -> list[dict]:
     """One JSON-ready record per example: what was asked, answered and expected, and its figure."""
     from .data.coco import encode_mask
-    from .metrics import box_iou, depth_metrics, mask_iou, normalize_answer, vqa_accuracy
+    from .metrics import depth_metrics, exact_match, mask_iou
     name, out = task.name, []
     for i, (e, s, index, p) in enumerate(zip(examples, samples, indices, predictions)):
         m = e.meta
         rec: dict[str, Any] = {"task": name, "i": i, "sample": int(index), "prompt": getattr(e, "prompt", None)}
         if name in ("caption", "describe_region"):
             refs = list(m["references"])
-            rec.update(prediction=p, truth=refs, exact_match=normalize_answer(p) in {normalize_answer(r) for r in refs})
+            rec.update(prediction=p, truth=refs, exact_match=exact_match([p], [refs]) == 1.0)
             if name == "describe_region":
                 rec["box"] = _box(m["box"])
         elif name == "vqa":
             answers = list(m.get("answers") or [])
-            match = normalize_answer(p) in {normalize_answer(a) for a in answers}
-            acc = vqa_accuracy(p, answers) if len(answers) >= _VQA_HUMANS else float(match)
-            rec.update(prediction=p, truth=answers, accuracy=acc,
-                       answer_type=_answer_type([normalize_answer(a) for a in answers]))
+            acc, _, kind = _vqa_item(p, answers)
+            rec.update(prediction=p, truth=answers, accuracy=acc, answer_type=kind)
         elif name in ("classify", "classify_region"):
             rec.update(prediction=str(p), score=float(getattr(p, "score", float("nan"))), truth=m["label"],
                        correct=str(p) == m["label"])
@@ -442,14 +451,12 @@ def _records(pipe, task, examples, samples, indices, predictions, found) -> list
                        truth=[{"box": _box(b), "label": lb} for b, lb in zip(m["boxes"], m["labels"])])
         elif name == "ground":
             rec.update(prediction=_box(p), truth=_box(m["box"]), expression=m.get("expression"),
-                       iou=box_iou(np.ravel(tuple(p)), np.ravel(m["box"])) if p is not None else 0.0)
+                       iou=_ground_iou(p, m["box"]))
         elif name == "segment":
             rec.update(prediction=encode_mask(p), truth=encode_mask(m["mask"]), expression=m.get("expression"),
                        iou=mask_iou(p, m["mask"]))
         elif name == "depth":
-            masks = [np.asarray(o["mask"], dtype=bool) for o in s.get("objects") or [] if o.get("mask") is not None]
-            union = np.logical_or.reduce(masks) if masks else None
-            union = union if union is not None and union.any() else None
+            union = _object_pixels(s)
             rec.update(prediction=None, truth=None, absrel=depth_metrics(p, m["depth"], union)["absrel"],
                        pixels="objects" if union is not None else "all")
         elif name == "inpaint":
@@ -467,9 +474,7 @@ def _records(pipe, task, examples, samples, indices, predictions, found) -> list
 
 def write_jsonl(records: list[dict], path) -> Path:
     """Write records as strict JSON lines (NaN and infinity become null)."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path = _new_file(path)
     with path.open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(_jsonable(r)) + "\n")
@@ -650,11 +655,16 @@ def _jsonable(x):
     return x
 
 
+def _new_file(path) -> Path:
+    """``path`` as a Path, its folder created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_json(results: dict, path) -> Path:
     """Write ``results`` as strict JSON (NaN and infinity become null)."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path = _new_file(path)
     path.write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
     return path
 
