@@ -36,7 +36,7 @@ class UnioConfig(PretrainedConfig):
     """
 
     model_type = "unio"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     # Names the transformers machinery (caches, generation, Trainer) looks up.
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "num_heads",
                      "num_hidden_layers": "decoder_layers"}

@@ -28,6 +28,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from ..errors import InputError
+
+# transformers 5.24 renamed the cache field of model outputs (and generate's keyword) from
+# past_key_values to cache; the model speaks whichever name the installed release uses.
+_CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 from .configuration_unio import UnioConfig, check_vocab
 
 __all__ = ["UnioForConditionalGeneration", "UnioPreTrainedModel", "UnioEncoderOutput", "shift_tokens_right"]
@@ -517,6 +521,7 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         encoder_outputs: UnioEncoderOutput | tuple | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
+        cache: EncoderDecoderCache | None = None,
         cache_position: torch.Tensor | None = None,  # accepted for API compatibility; positions come from the cache
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -537,7 +542,15 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         same module calls on every process) groups of similar target length, so a batch that mixes 3-token
         answers with 65-token images pays for neither the padding nor the output layer on it.
         Causality makes this exact: a position never sees the padding after it.
+
+        The KV cache comes as ``cache`` (the name ``generate`` uses from transformers 5.24 on) or
+        ``past_key_values`` (earlier releases); the output carries it under the field name of the
+        installed release, so ``generate`` finds it again on either side of the rename.
         """
+        if cache is not None:
+            if past_key_values is not None and past_key_values is not cache:
+                raise InputError("pass the KV cache once, as cache or as past_key_values, not both")
+            past_key_values = cache
         if encoder_outputs is None:
             encoder_outputs = self.encoder(pixel_values, input_ids, attention_mask, patch_mask, has_image,
                                            output_hidden_states=output_hidden_states)
@@ -593,7 +606,7 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
             loss = token_loss(logits, labels, label_weights, self.config.used_vocab_size)
 
         out = Seq2SeqLMOutput(
-            loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None,
+            loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values if use_cache else None},
             decoder_hidden_states=decoder_hidden_states,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states)
