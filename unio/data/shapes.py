@@ -201,7 +201,7 @@ _PACKED = {name: _pack(rgb) for name, rgb in COLORS.items()}
 
 def _floor_depth(base_row: int, size: int) -> float:
     """Depth of an object whose base is at ``base_row`` (0 = top, ``size`` = bottom edge)."""
-    far, near = OBJECT_DEPTH[1], OBJECT_DEPTH[0]
+    near, far = OBJECT_DEPTH
     return far + (near - far) * base_row / size
 
 

@@ -28,13 +28,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from ..errors import InputError
+from .configuration_unio import UnioConfig, check_vocab
+
+__all__ = ["UnioForConditionalGeneration", "UnioPreTrainedModel", "UnioEncoderOutput", "shift_tokens_right"]
 
 # transformers 5.24 renamed the cache field of model outputs (and generate's keyword) from
 # past_key_values to cache; the model speaks whichever name the installed release uses.
 _CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
-from .configuration_unio import UnioConfig, check_vocab
-
-__all__ = ["UnioForConditionalGeneration", "UnioPreTrainedModel", "UnioEncoderOutput", "shift_tokens_right"]
 
 
 # ----------------------------------------------------------------------------- norm and positions
