@@ -216,3 +216,61 @@ def test_shipped_shapes_tokenizer_reconstructs_shapes():
 
 
 PSNR_FLOOR = 25.0  # the shipped tokenizer measures ~28 dB on held-out scenes (tokenizers/shapes/README.md)
+
+
+def test_codes_fingerprint_covers_what_makes_the_codes_and_not_the_decoder(tmp_path):
+    torch.manual_seed(0)
+    t = ImageTokenizer(**TINY, weights_dtype="float16")
+    t.save(tmp_path / "a")
+    a = ImageTokenizer.load(tmp_path / "a")
+    with torch.no_grad():
+        a.decoder.conv_out.bias.add_(0.5)           # another decoder: same codes
+    assert a.codes_fingerprint == t.codes_fingerprint and a.fingerprint != t.fingerprint
+    a.config.weights_dtype = "float32"              # float16 values stored as float32: same codes
+    assert a.codes_fingerprint == t.codes_fingerprint
+    with torch.no_grad():
+        a.encoder.conv_in.bias.add_(0.5)            # another encoder: other codes
+    assert a.codes_fingerprint != t.codes_fingerprint
+    b = ImageTokenizer(**{**TINY, "depth_range": (0.0, 2.0)})
+    b.load_state_dict(t.state_dict())
+    assert b.codes_fingerprint != t.codes_fingerprint  # depth maps drawn differently
+
+
+def test_decoder_only_fine_tuning_keeps_every_code(tmp_path, capsys):
+    torch.manual_seed(0)
+    parent = ImageTokenizer(image_size=32, channels=(8, 16, 16), weights_dtype="float16")
+    parent.save(tmp_path / "parent")
+    parent = ImageTokenizer.load(tmp_path / "parent")
+    out = tmp_path / "child"
+    args = ["tokenizer", "image", "--data", "shapes", "--out", str(out), "--init", str(tmp_path / "parent"),
+            "--decoder-only", "--batch-size", "4", "--eval-every", "3", "--eval-n", "4", "--threads", "1",
+            "--lr", "1e-2"]
+    assert cli(args + ["--steps", "3"]) == 0
+    assert "decoder only" in capsys.readouterr().out
+    child = ImageTokenizer.load(out)
+    assert child.config.weights_dtype == "float16"  # the parent's storage unless --fp16 asks otherwise
+    assert child.codes_fingerprint == parent.codes_fingerprint and child.fingerprint != parent.fingerprint
+    x = torch.rand(6, 3, 32, 32)
+    codes = parent.encode(x)
+    assert torch.equal(child.encode(x), codes)
+    assert not torch.allclose(child.decode(codes), parent.decode(codes))
+    assert child.config.training["fine_tuned"] == {"init": str(tmp_path / "parent"), "decoder_only": True}
+    assert cli(args[:8] + ["--steps", "5", "--resume", "--eval-every", "5", "--eval-n", "4",
+                           "--batch-size", "4"]) == 2  # --resume with --init: the run knows its start
+    assert "drop --init" in capsys.readouterr().err
+    assert cli(["tokenizer", "image", "--out", str(out), "--steps", "5", "--resume", "--eval-every", "5",
+                "--eval-n", "4", "--batch-size", "4", "--threads", "1"]) == 0
+    resumed = ImageTokenizer.load(out)
+    assert resumed.config.training["steps"] == 5 and resumed.codes_fingerprint == parent.codes_fingerprint
+
+
+@pytest.mark.parametrize("extra, message", [([], "add --init DIR"),
+                                            (["--init", "PARENT", "--levels", "5,5,5"], "drop --levels"),
+                                            (["--init", "PARENT", "--image-size", "64"], "--image-size 32"),
+                                            (["--init", "/no/such/tokenizer"], "does not exist")])
+def test_decoder_only_needs_a_tokenizer_to_start_from(tmp_path, capsys, extra, message):
+    ImageTokenizer(image_size=32, channels=(8, 16, 16)).save(tmp_path / "parent")
+    extra = [str(tmp_path / "parent") if e == "PARENT" else e for e in extra]
+    assert cli(["tokenizer", "image", "--out", str(tmp_path / "o"), "--steps", "1", "--decoder-only", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

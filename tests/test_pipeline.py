@@ -291,3 +291,57 @@ def test_unio_init_command(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="not empty"):
         init_export("tiny", tok, tmp_path / "other", quiet=True, **MICRO)
+
+
+def test_swap_image_tokenizer_takes_a_decoder_that_makes_the_same_codes(micro_fast_export, tmp_path, capsys):
+    from unio.cli import main as cli
+    from unio.pipeline import swap_image_tokenizer
+    from unio.tokenizers.image import ImageTokenizer
+    own = ImageTokenizer.load(micro_fast_export / "image")
+    better = ImageTokenizer.load(micro_fast_export / "image")
+    with torch.no_grad():
+        better.decoder.conv_out.bias.add_(0.25)      # stands for a fine-tuned decoder
+    better.save(tmp_path / "better")
+    before = {str(p.relative_to(micro_fast_export)): p.read_bytes() for p in micro_fast_export.rglob("*") if p.is_file()}
+
+    out = swap_image_tokenizer(micro_fast_export, tmp_path / "better", tmp_path / "swapped")
+    pipe = unio.load(out, device="cpu")
+    assert pipe.ctx.image_tokenizer.fingerprint == better.fingerprint
+    meta = json.loads((out / "unio.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert meta["vocab_fingerprint"] == config["vocab_fingerprint"] == pipe.ctx.vocab.fingerprint
+    assert meta["vocab_fingerprint"] != json.loads((micro_fast_export / "unio.json").read_text())["vocab_fingerprint"]
+    assert meta["image_tokenizer_swaps"] == [{"from": own.fingerprint, "to": better.fingerprint,
+                                              "codes_fingerprint": own.codes_fingerprint, "to_training": {}}]
+    assert (out / "model.safetensors").read_bytes() == before["model.safetensors"]  # the network is untouched
+    codes = torch.randint(0, own.codebook_size, (1, 8, 8))
+    assert torch.allclose(pipe.ctx.image_tokenizer.decode(codes), better.decode(codes))
+    assert {str(p.relative_to(micro_fast_export)): p.read_bytes() for p in micro_fast_export.rglob("*") if p.is_file()} == before
+
+    # in place, through the command; a second swap is recorded after the first
+    assert cli(["tokenizer", "swap-image", "--model", str(out), "--tokenizer", str(micro_fast_export / "image"),
+                "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert unio.load(out, device="cpu").ctx.vocab.fingerprint == \
+        json.loads((micro_fast_export / "unio.json").read_text())["vocab_fingerprint"]
+    assert len(json.loads((out / "unio.json").read_text())["image_tokenizer_swaps"]) == 2
+
+
+def test_swap_image_tokenizer_refuses_other_codes_and_full_folders(micro_fast_export, tmp_path, capsys):
+    from unio.cli import main as cli
+    from unio.tokenizers.image import ImageTokenizer
+    other = ImageTokenizer.load(micro_fast_export / "image")
+    with torch.no_grad():
+        other.encoder.conv_in.bias.add_(0.25)
+    other.save(tmp_path / "other")
+    args = ["tokenizer", "swap-image", "--model", str(micro_fast_export), "--out", str(tmp_path / "o")]
+    assert cli(args + ["--tokenizer", str(tmp_path / "other")]) == 2
+    assert "makes other codes" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    assert cli(args[:-1] + [str(tmp_path / "full"), "--tokenizer", str(micro_fast_export / "image")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "full" / "notes.txt").read_text() == "keep me"
+    assert cli(["tokenizer", "swap-image", "--model", str(tmp_path / "nothing"), "--tokenizer", str(tmp_path / "other"),
+                "--out", str(tmp_path / "o")]) == 2
+    assert "neither an export directory" in capsys.readouterr().err

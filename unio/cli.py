@@ -33,6 +33,10 @@ def _cmd_tokenizer(args):
         from .tokenizers.text import TextTokenizer
         tok = TextTokenizer.train([Path(p) for p in args.input], vocab_size=args.vocab_size, path=args.out, model_type=args.model_type)
         print(f"wrote {args.out} ({tok.vocab_size} pieces)")
+    elif args.kind == "swap-image":
+        from .pipeline import swap_image_tokenizer
+        out = swap_image_tokenizer(args.model, args.tokenizer, args.out)
+        print(f"wrote {out}: the model with the image tokenizer from {args.tokenizer}")
     else:
         from .tokenizers.image_train import main as train_image_tokenizer
         train_image_tokenizer(args)
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="shapes", help="shapes, or folder:PATH for your own images")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--image-size", type=int, default=None, help="default 64 (with --init: that tokenizer's)")
     t.add_argument("--quantizer", default="fsq", choices=["fsq", "vq", "lfq"])
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=None)
@@ -186,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-n", type=int, default=128, help="held-out images per evaluation")
     t.add_argument("--fp16", action="store_true", help="store the tokenizer weights in float16")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--init", metavar="DIR", default=None,
+                   help="start from this image tokenizer (its architecture and weights) instead of from scratch")
+    t.add_argument("--decoder-only", action="store_true",
+                   help="with --init: train only the decoder; every image keeps its codes, so models trained on "
+                        "DIR can take the new decoder (unio tokenizer swap-image)")
+    t = tk.add_parser("swap-image", help="give an export directory an image tokenizer that makes the same codes "
+                      "(e.g. a decoder fine-tuned with --decoder-only)")
+    t.add_argument("--model", required=True, help="export directory (or shipped model name)")
+    t.add_argument("--tokenizer", required=True, help="image tokenizer folder (config.json + model.safetensors)")
+    t.add_argument("--out", required=True, help="the new export directory (may be --model itself)")
     s.set_defaults(func=_cmd_tokenizer)
 
     s = sub.add_parser("shapes", help="preview the built-in shapes world: a picture grid + annotations")

@@ -37,7 +37,7 @@ from .tasks.base import check_box
 from .vocab import UnifiedVocab
 
 __all__ = ["load", "list_models", "Pipeline", "Run", "Box", "Detection", "Label", "save_export", "load_export",
-           "init_export", "EXPORT_FILES"]
+           "init_export", "swap_image_tokenizer", "EXPORT_FILES"]
 
 FORMAT = "unio-export"
 FORMAT_VERSION = 1
@@ -197,6 +197,88 @@ def init_export(preset: str = "tiny", tokenizers="tokenizers/shapes", out=None, 
     return path
 
 
+def swap_image_tokenizer(model, tokenizer, out) -> Path:
+    """Write ``out``: the export ``model`` with the image tokenizer in ``tokenizer`` in place of its own.
+
+    The model reads and writes image codes, so the new tokenizer must turn every image into the
+    same codes as the old one (equal :attr:`~unio.tokenizers.image.ImageTokenizer.codes_fingerprint`:
+    same config, encoder and quantizer); only its decoder may differ, as after
+    ``unio tokenizer image --init OLD --decoder-only``. Images, depth maps and masks the model
+    writes are then drawn by the new decoder; nothing else changes. The vocabulary fingerprint
+    (which covers the whole tokenizer) is recomputed in ``unio.json`` and ``config.json``, and
+    ``unio.json`` records the swap under ``image_tokenizer_swaps``. ``out`` may be ``model``
+    itself (in place) or a new folder (the export is copied there first).
+    """
+    import os
+    import shutil
+
+    from .tokenizers.image import ImageTokenizer
+    src = _export_path(model)
+    meta = read_meta(src)
+    if not (src / IMAGE_DIR).is_dir():
+        raise CheckpointError(f"{src} has no image tokenizer ({IMAGE_DIR}/) to replace")
+    old = ImageTokenizer.load(src / IMAGE_DIR)
+    new = ImageTokenizer.load(tokenizer)
+    if new.codes_fingerprint != old.codes_fingerprint:
+        raise VocabMismatchError(
+            f"the image tokenizer in {tokenizer} makes other codes than the one the model in {src} was trained "
+            "with (its config, encoder or quantizer differ), so the model's image tokens would mean something "
+            "else; only a tokenizer fine-tuned from the model's own with `unio tokenizer image --init "
+            f"{src / IMAGE_DIR} --decoder-only` can replace it")
+    vocab = UnifiedVocab.from_dict(meta["vocab"]) if isinstance(meta.get("vocab"), dict) else None
+    if vocab is None or vocab.fingerprint != meta.get("vocab_fingerprint") or \
+            vocab.layout["image_fingerprint"] != old.fingerprint:
+        raise VocabMismatchError(f"{src / META_NAME} does not describe the tokenizers in {src}; repair the export "
+                                 "(re-export it) before swapping its image tokenizer")
+    config_file = src / "config.json"
+    config = json.loads(config_file.read_text())
+    dst = Path(out)
+    if dst.resolve() != src.resolve():
+        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+            raise CheckpointError(f"{dst} exists and is not empty; pass a new folder, or --out {src} to swap "
+                                  "in place")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    staging = dst / f".{IMAGE_DIR}.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    new.save(staging)
+    shutil.rmtree(dst / IMAGE_DIR)
+    os.replace(staging, dst / IMAGE_DIR)
+
+    swapped = UnifiedVocab(_layout={**vocab.layout, "image_fingerprint": new.fingerprint})
+    config["vocab_fingerprint"] = swapped.fingerprint
+    if "vocab_layout" in config:
+        config["vocab_layout"] = swapped.to_dict()
+    meta["vocab"], meta["vocab_fingerprint"] = swapped.to_dict(), swapped.fingerprint
+    meta.setdefault("image_tokenizer_swaps", []).append(
+        {"from": old.fingerprint, "to": new.fingerprint, "codes_fingerprint": new.codes_fingerprint,
+         "to_training": new.config.training})
+    for name, data in (("config.json", config), (META_NAME, meta)):
+        tmp = dst / f".{name}.new"
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, dst / name)
+    ctx = TaskContext.from_dir(dst, image_size=meta["image_size"], patch_size=meta["patch_size"],
+                               num_bins=meta.get("num_bins", 1000))
+    if ctx.vocab.fingerprint != swapped.fingerprint:  # what load_export will check
+        raise VocabMismatchError(f"{dst} came out inconsistent (vocabulary fingerprint); this is a bug, please "
+                                 "report it")
+    return dst
+
+
+def _export_path(name_or_dir) -> Path:
+    """An export directory, or the folder of the shipped model with that name."""
+    path = Path(name_or_dir)
+    if path.exists():
+        return path
+    shipped = list_models()
+    if str(name_or_dir) in shipped:
+        from .resources import data_path
+        return data_path("models", str(name_or_dir))
+    raise CheckpointError(f"{name_or_dir!r} is neither an export directory nor a shipped model "
+                          f"(shipped: {', '.join(shipped) or 'none'}); make one with `unio init` or `unio export`")
+
+
 def _default_classes(tok_dir: Path) -> dict:
     """A tokenizer folder may carry classes.json; the shipped shapes tokenizers mean the shapes world."""
     if (tok_dir / "classes.json").is_file():
@@ -222,16 +304,7 @@ def load(name_or_dir, device=None, dtype=None, device_map=None, batch_size: int 
     ``device``/``dtype`` to override, or ``device_map="auto"`` to spread a large model over devices
     (through accelerate, as transformers does).
     """
-    path = Path(name_or_dir)
-    if not path.exists():
-        shipped = list_models()
-        if str(name_or_dir) in shipped:
-            from .resources import data_path
-            path = data_path("models", str(name_or_dir))
-        else:
-            raise CheckpointError(f"{name_or_dir!r} is neither an export directory nor a shipped model "
-                                  f"(shipped: {', '.join(shipped) or 'none'}); make one with `unio init` or "
-                                  "`unio export`")
+    path = _export_path(name_or_dir)
     model, ctx, meta = load_export(path, device=device, dtype=dtype, device_map=device_map)
     return Pipeline(model, ctx, meta, batch_size=batch_size)
 

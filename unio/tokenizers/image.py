@@ -257,6 +257,27 @@ class ImageTokenizer(nn.Module):
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
+    @property
+    def codes_fingerprint(self) -> str:
+        """sha256 of what decides the codes: the config (less ``training`` and ``weights_dtype``)
+        and the encoder and quantizer weights as stored.
+
+        Two tokenizers with the same ``codes_fingerprint`` turn every image into the same codes and
+        read codes with the same grid; only their decoders may differ (e.g. one was fine-tuned
+        with ``unio tokenizer image --init DIR --decoder-only``). A model trained on one can use
+        the other's decoder: ``unio tokenizer swap-image``.
+        """
+        h = hashlib.sha256()
+        cfg = {k: v for k, v in self.config.to_dict().items() if k not in ("training", "weights_dtype")}
+        h.update(json.dumps(cfg, sort_keys=True).encode())
+        for name, t in sorted(self._storage_state_dict().items()):
+            if name.startswith("decoder."):
+                continue
+            t = t.float() if t.is_floating_point() else t  # float16 storage -> the same float32 values
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
     def _storage_state_dict(self) -> dict[str, torch.Tensor]:
         dtype = getattr(torch, self.config.weights_dtype)
         return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()

@@ -130,17 +130,29 @@ def lr_at(step: int, base: float, total: int, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
-    """One optimisation step on a batch (B, 3, H, W) in [0, 1]; returns the loss terms."""
-    tok.train()
-    recon, codes, aux = tok(x)
+def train_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, x: torch.Tensor,
+               decoder_only: bool = False) -> dict[str, float]:
+    """One optimisation step on a batch (B, 3, H, W) in [0, 1]; returns the loss terms.
+
+    ``decoder_only``: the encoder and quantizer run frozen (eval mode, no gradients), so the codes
+    of every image stay what they were and only the decoder learns to read them better.
+    """
+    if decoder_only:
+        tok.eval()
+        tok.decoder.train()
+        with torch.no_grad():
+            zq, codes, aux = tok._quantize(tok.encoder(x * 2 - 1))
+        recon = tok.decoder(zq)
+    else:
+        tok.train()
+        recon, codes, aux = tok(x)
     target = x * 2 - 1
     l1 = (recon - target).abs().mean()
     l2 = (recon - target).pow(2).mean()
     loss = l1 + l2 + aux
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_([p for p in tok.parameters() if p.requires_grad], 1.0)
     opt.step()
     return {"loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "aux": float(aux.detach())}
 
@@ -252,7 +264,7 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def _config_from_args(args) -> ImageTokenizerConfig:
-    kw = {"image_size": args.image_size, "quantizer": args.quantizer}
+    kw = {"image_size": args.image_size or 64, "quantizer": args.quantizer}
     for name in ("downsample", "stem", "res_blocks", "codebook_size"):
         if getattr(args, name, None) is not None:
             kw[name] = getattr(args, name)
@@ -280,32 +292,51 @@ def main(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state_file, opt_file = run_dir / "state.json", run_dir / "optimizer.pt"
 
+    init = getattr(args, "init", None)
+    decoder_only = bool(getattr(args, "decoder_only", False))
+    if decoder_only and not (init or args.resume):
+        raise TokenizerError("--decoder-only fine-tunes the decoder of an existing tokenizer: add --init DIR "
+                             "(the tokenizer whose codes must stay as they are)")
     if args.resume:
+        if init:
+            raise TokenizerError("--resume continues the run in --run-dir, which already knows where it started; "
+                                 "drop --init")
         if not state_file.is_file():
             raise TokenizerError(f"--resume: {state_file} does not exist; start without --resume")
         state = json.loads(state_file.read_text())
         tok = ImageTokenizer.load(run_dir / "weights")
         start = int(state["step"])
+        decoder_only = decoder_only or bool(state.get("args", {}).get("decoder_only"))
+        init = state.get("args", {}).get("init")
         print(f"resuming {run_dir} at step {start}")
     else:
         if state_file.exists():
             raise TokenizerError(f"{run_dir} already holds a training run; pass --resume to continue it "
                                  "or choose another --out / --run-dir")
         torch.manual_seed(args.seed)
-        tok = ImageTokenizer(_config_from_args(args))
+        if init:
+            tok = _init_from(init, args)
+        else:
+            tok = ImageTokenizer(_config_from_args(args))
         start = 0
+    codes_fingerprint = tok.codes_fingerprint
     cfg = tok.config
     mix = _parse_mix(getattr(args, "mix", None) or "rgb=2,depth=1,mask=1")
     source = make_source(args.data, cfg.image_size, args.seed, mix=mix, depth_range=cfg.depth_range)
     tok.to(device)
     lr = args.lr or 1e-3
-    opt = torch.optim.AdamW(tok.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if decoder_only:
+        for p in [*tok.encoder.parameters(), *tok.quantizer.parameters()]:
+            p.requires_grad_(False)
+    trainable = [p for p in tok.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     if args.resume and opt_file.is_file():
         opt.load_state_dict(torch.load(opt_file, map_location=device, weights_only=True))
     run_dir.mkdir(parents=True, exist_ok=True)
-    n_params = sum(p.numel() for p in tok.parameters())
+    n_params = sum(p.numel() for p in trainable)
     print(f"training {tok.extra_repr()} on {args.data} for {args.steps} steps "
-          f"(batch {args.batch_size}, lr {lr}, device {device}, {n_params / 1e6:.2f}M parameters)")
+          f"(batch {args.batch_size}, lr {lr}, device {device}, {n_params / 1e6:.2f}M parameters trained"
+          + (", decoder only: every image keeps its codes" if decoder_only else "") + ")")
 
     eval_every = max(1, args.eval_every)
     warmup = min(200, max(1, args.steps // 10))
@@ -318,7 +349,7 @@ def main(args) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr, args.steps, warmup)
         x = source.batch(range(step * args.batch_size, (step + 1) * args.batch_size)).to(device)
-        terms = train_step(tok, opt, x)
+        terms = train_step(tok, opt, x, decoder_only=decoder_only)
         seen += len(x)
         ema = terms["loss"] if ema is None else 0.98 * ema + 0.02 * terms["loss"]
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
@@ -330,7 +361,11 @@ def main(args) -> int:
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            _checkpoint(tok, opt, run_dir, out, done, args, record)
+            _checkpoint(tok, opt, run_dir, out, done, args, record,
+                        {"init": str(init), "decoder_only": True} if decoder_only else None)
+            if decoder_only and tok.codes_fingerprint != codes_fingerprint:  # a frozen part moved
+                raise TokenizerError("the codes changed during --decoder-only training (the encoder or quantizer "
+                                     "was updated); this is a bug, please report it")
             t0, seen = time.time(), 0
     bar.close()
     print(f"wrote {out} (config.json + model.safetensors, {tok.codebook_size} codes, "
@@ -338,7 +373,27 @@ def main(args) -> int:
     return 0
 
 
-def _checkpoint(tok, opt, run_dir: Path, out: Path, step: int, args, record: dict) -> None:
+def _init_from(init, args) -> ImageTokenizer:
+    """The tokenizer in ``init`` in float32 for training; its architecture flags must not be given."""
+    given = [f"--{name.replace('_', '-')}" for name in ("levels", "codebook_size", "channels", "downsample", "stem",
+                                                        "res_blocks", "max_depth")
+             if getattr(args, name, None) is not None]
+    if given:
+        raise TokenizerError(f"--init {init} takes the architecture from that tokenizer; drop {', '.join(given)}")
+    tok = ImageTokenizer.load(init)
+    if getattr(args, "image_size", None) not in (None, tok.image_size):
+        raise TokenizerError(f"--init {init} was trained at --image-size {tok.image_size}, got "
+                             f"--image-size {args.image_size}; drop the flag or pass {tok.image_size}")
+    if getattr(args, "quantizer", None) not in (None, "fsq", tok.config.quantizer):
+        raise TokenizerError(f"--init {init} uses the {tok.config.quantizer} quantizer; drop --quantizer")
+    tok.float()
+    if getattr(args, "fp16", False):
+        tok.config.weights_dtype = "float16"
+    tok.config.training = {}
+    return tok
+
+
+def _checkpoint(tok, opt, run_dir: Path, out: Path, step: int, args, record: dict, origin: dict | None = None) -> None:
     # Resumable state: fp32 weights as safetensors; the optimizer (tensors only) via torch.save.
     weights = ImageTokenizer(tok.config.__class__.from_dict({**tok.config.to_dict(), "weights_dtype": "float32"}))
     weights.load_state_dict(tok.state_dict())
@@ -355,5 +410,5 @@ def _checkpoint(tok, opt, run_dir: Path, out: Path, step: int, args, record: dic
     quality = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
                if k in ("psnr", "usage", "perplexity", "depth_absrel", "depth_rmse", "mask_iou", "images")}
     tok.config.training = {"data": args.data, "steps": step, "batch_size": args.batch_size, "seed": args.seed,
-                           "held_out_quality": quality}
+                           "held_out_quality": quality, **({"fine_tuned": origin} if origin else {})}
     tok.save(out)
