@@ -254,7 +254,8 @@ def test_decoder_only_fine_tuning_keeps_every_code(tmp_path, capsys):
     codes = parent.encode(x)
     assert torch.equal(child.encode(x), codes)
     assert not torch.allclose(child.decode(codes), parent.decode(codes))
-    assert child.config.training["fine_tuned"] == {"init": str(tmp_path / "parent"), "decoder_only": True}
+    assert child.config.training["fine_tuned"] == {"init": str(tmp_path / "parent"), "decoder_only": True,
+                                                   "init_fingerprint": parent.fingerprint}
     assert cli(args[:8] + ["--steps", "5", "--resume", "--eval-every", "5", "--eval-n", "4",
                            "--batch-size", "4"]) == 2  # --resume with --init: the run knows its start
     assert "drop --init" in capsys.readouterr().err
@@ -262,6 +263,7 @@ def test_decoder_only_fine_tuning_keeps_every_code(tmp_path, capsys):
                 "--eval-n", "4", "--batch-size", "4", "--threads", "1"]) == 0
     resumed = ImageTokenizer.load(out)
     assert resumed.config.training["steps"] == 5 and resumed.codes_fingerprint == parent.codes_fingerprint
+    assert resumed.config.training["fine_tuned"] == child.config.training["fine_tuned"]
 
 
 @pytest.mark.parametrize("extra, message", [([], "add --init DIR"),

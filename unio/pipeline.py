@@ -741,7 +741,7 @@ def options_for(task: str, options: dict, several_tasks: bool = True) -> dict:
         unscoped = sorted(set(options.get(None, {})) - task_options(task))
         if unscoped and several_tasks:
             takers = [t for t in [*TASK_METHODS, "generate_image"] if unscoped[0] in task_options(t)]
-            hint = (f" (an option written without TASK. applies to every task; scope it"
+            hint = (" (an option written without TASK. applies to every task; scope it"
                     + (f", e.g. --option {takers[0]}.{unscoped[0]}=..." if takers else "") + ")")
         raise InputError(f"{exc}{hint}") from None
     return merged

@@ -320,6 +320,11 @@ def main(args) -> int:
             tok = ImageTokenizer(_config_from_args(args))
         start = 0
     codes_fingerprint = tok.codes_fingerprint
+    origin = None  # where a fine-tuned tokenizer came from, recorded in its config
+    if init:
+        origin = (state.get("args", {}).get("origin") if args.resume else None) or {
+            "init": str(init), "init_fingerprint": tok.fingerprint, "decoder_only": decoder_only}
+    args.origin = origin
     cfg = tok.config
     mix = _parse_mix(getattr(args, "mix", None) or "rgb=2,depth=1,mask=1")
     source = make_source(args.data, cfg.image_size, args.seed, mix=mix, depth_range=cfg.depth_range)
@@ -361,8 +366,7 @@ def main(args) -> int:
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            _checkpoint(tok, opt, run_dir, out, done, args, record,
-                        {"init": str(init), "decoder_only": True} if decoder_only else None)
+            _checkpoint(tok, opt, run_dir, out, done, args, record, origin)
             if decoder_only and tok.codes_fingerprint != codes_fingerprint:  # a frozen part moved
                 raise TokenizerError("the codes changed during --decoder-only training (the encoder or quantizer "
                                      "was updated); this is a bug, please report it")
@@ -399,7 +403,8 @@ def _checkpoint(tok, opt, run_dir: Path, out: Path, step: int, args, record: dic
     weights.load_state_dict(tok.state_dict())
     weights.save(run_dir / "weights")
     torch.save(opt.state_dict(), run_dir / "optimizer.pt")
-    cli = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    cli = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, dict, type(None)))
+           and k != "func"}
     (run_dir / "state.json").write_text(json.dumps({"step": step, "args": cli}, indent=2) + "\n")
     # The tokenizer folder: the weights as they will be used (rounded to weights_dtype in place,
     # so the in-memory tokenizer and the saved one give identical codes).
