@@ -9,6 +9,11 @@ sees fresh scenes and there is nothing to overfit.
 Loss: L1 + L2 on the reconstruction (plus the quantizer's own auxiliary loss for vq / lfq).
 The learning rate warms up, then follows a cosine to zero at ``--steps``.
 
+Fine-tuning: ``--init DIR`` starts from an existing tokenizer (its architecture and weights);
+with ``--decoder-only`` the encoder and quantizer stay frozen, so every image keeps its codes and
+a model trained on DIR can take the new decoder (``unio tokenizer swap-image``). The run checks
+the codes' fingerprint at every checkpoint and records where it started in the config.
+
 Files: ``--out`` receives the tokenizer (``config.json`` + ``model.safetensors``, what
 :meth:`ImageTokenizer.load` reads) at every evaluation and at the end. The resumable training
 state (fp32 weights, optimizer, step, metrics.jsonl) lives in ``--run-dir`` (default
