@@ -249,13 +249,7 @@ class ImageTokenizer(nn.Module):
 
         Recomputed on each call (a few ms), so it always describes the current weights.
         """
-        h = hashlib.sha256()
-        cfg = {k: v for k, v in self.config.to_dict().items() if k != "training"}
-        h.update(json.dumps(cfg, sort_keys=True).encode())
-        for name, t in sorted(self._storage_state_dict().items()):
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
+        return self._hash(skip_config=("training",))
 
     @property
     def codes_fingerprint(self) -> str:
@@ -267,13 +261,19 @@ class ImageTokenizer(nn.Module):
         with ``unio tokenizer image --init DIR --decoder-only``). A model trained on one can use
         the other's decoder: ``unio tokenizer swap-image``.
         """
+        return self._hash(skip_config=("training", "weights_dtype"), skip_weights="decoder.", as_float32=True)
+
+    def _hash(self, skip_config: tuple[str, ...], skip_weights: str | None = None, as_float32: bool = False) -> str:
+        """sha256 of the config less ``skip_config`` and the stored weights less those under ``skip_weights``
+        (``as_float32``: floating-point weights read as float32, so the storage dtype does not count)."""
         h = hashlib.sha256()
-        cfg = {k: v for k, v in self.config.to_dict().items() if k not in ("training", "weights_dtype")}
+        cfg = {k: v for k, v in self.config.to_dict().items() if k not in skip_config}
         h.update(json.dumps(cfg, sort_keys=True).encode())
         for name, t in sorted(self._storage_state_dict().items()):
-            if name.startswith("decoder."):
+            if skip_weights and name.startswith(skip_weights):
                 continue
-            t = t.float() if t.is_floating_point() else t  # float16 storage -> the same float32 values
+            if as_float32 and t.is_floating_point():
+                t = t.float()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
             h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
