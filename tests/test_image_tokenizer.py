@@ -255,7 +255,8 @@ def test_decoder_only_fine_tuning_keeps_every_code(tmp_path, capsys):
     assert torch.equal(child.encode(x), codes)
     assert not torch.allclose(child.decode(codes), parent.decode(codes))
     assert child.config.training["fine_tuned"] == {"init": str(tmp_path / "parent"), "decoder_only": True,
-                                                   "init_fingerprint": parent.fingerprint}
+                                                   "init_fingerprint": parent.fingerprint,
+                                                   "init_training": parent.config.training}
     assert cli(args[:8] + ["--steps", "5", "--resume", "--eval-every", "5", "--eval-n", "4",
                            "--batch-size", "4"]) == 2  # --resume with --init: the run knows its start
     assert "drop --init" in capsys.readouterr().err

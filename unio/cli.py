@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--decoder-only", action="store_true",
                    help="with --init: train only the decoder; every image keeps its codes, so models trained on "
                         "DIR can take the new decoder (unio tokenizer swap-image)")
+    t.add_argument("--refine", metavar="KINDS", default=None,
+                   help="with --init: train only image-guided refiners of decoded maps (depth, mask or "
+                        "depth,mask); codes and decoder stay as they are (unio tokenizer swap-image)")
+    t.add_argument("--refine-kernel", type=int, default=None,
+                   help="neighbourhood side of a new refiner (odd, 3-15; default 9)")
     t = tk.add_parser("swap-image", help="give an export directory an image tokenizer that makes the same codes "
                       "(e.g. a decoder fine-tuned with --decoder-only)")
     t.add_argument("--model", required=True, help="export directory (or shipped model name)")

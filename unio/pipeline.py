@@ -395,13 +395,22 @@ class Pipeline:
         return self._call("classify_region", image, {"box": box}, batch_size, gen, prompt=prompt,
                           labels=self._labels(labels, "object"))
 
-    def segment(self, image, expression, *, prompt=None, batch_size=None, **gen):
-        """Bool mask (H, W) of the original image."""
-        return self._call("segment", image, {"expression": expression}, batch_size, gen, prompt=prompt)
+    def segment(self, image, expression, *, refine=True, prompt=None, batch_size=None, **gen):
+        """Bool mask (H, W) of the original image.
 
-    def depth(self, image, *, prompt=None, batch_size=None, **gen):
-        """Depth float32 (H, W) of the original image (units of the image tokenizer's depth range)."""
-        return self._call("depth", image, {}, batch_size, gen, prompt=prompt)
+        ``refine``: when the image tokenizer has a mask refiner, the picture guides the mask's
+        edges (``False``: the codes alone).
+        """
+        return self._call("segment", image, {"expression": expression}, batch_size, gen, prompt=prompt,
+                          refine=bool(refine))
+
+    def depth(self, image, *, refine=True, prompt=None, batch_size=None, **gen):
+        """Depth float32 (H, W) of the original image (units of the image tokenizer's depth range).
+
+        ``refine``: when the image tokenizer has a depth refiner, the picture guides the decoded
+        edges (``False``: the codes alone).
+        """
+        return self._call("depth", image, {}, batch_size, gen, prompt=prompt, refine=bool(refine))
 
     def generate_image(self, text, *, guidance=None, top_k=None, top_p=0.9, temperature=1.0, seed=None,
                        size=None, prompt=None, batch_size=None, **gen):
@@ -512,10 +521,10 @@ class Pipeline:
         """Read a raw generation (global ids) as ``task``'s result; with ``image``, in its frame."""
         t = get_task(task)
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        info = letterbox(image, self.ctx.image_size)[1] if image is not None else None
+        pil, info = letterbox(image, self.ctx.image_size) if image is not None else (None, None)
         if image is not None and task == "inpaint":
             meta.setdefault("original", load_image(image))
-        return t.parse(ids, self.ctx, info, meta=meta)
+        return t.parse(ids, self.ctx, info, meta=meta, image=pil)
 
     # ------------------------------------------------------------------ internals
     def _labels(self, labels, kind):
@@ -560,7 +569,8 @@ class Pipeline:
             processors = task.logits_processors(self.ctx, chunk[0], batch=chunk, **options)
             rows = chunk + [task.unconditional(self.ctx)] * len(chunk) if guidance is not None else chunk
             for ex, (ids, lp, raw) in zip(chunk, self._generate(rows, processors, gen_kw, task.needs_scores)):
-                results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta))
+                results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
+                                          image=ex.image, refine=options.get("refine", True)))
         return results
 
     def _predict(self, task_name: str, items, batch_size, gen: dict, **options) -> list:

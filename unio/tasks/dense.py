@@ -3,7 +3,9 @@
 The target map is letterboxed like the input image, but at the image tokenizer's resolution,
 drawn as an image by unio.tokenizers.dense, and encoded into exactly h*w codes, then eos.
 Reading back decodes the codes, draws the mask / depth out of the image, and maps it to the
-caller's original size with unio.images.unletterbox.
+caller's original size with unio.images.unletterbox. When the image tokenizer has a refiner for
+the kind (unio.tokenizers.refine), the input picture guides the decoded edges (option
+``refine``, on by default; ``refine=False`` reads the codes alone).
 """
 from __future__ import annotations
 
@@ -47,6 +49,12 @@ def image_codes(ids, ctx: TaskContext) -> np.ndarray:
                 break
     codes += [0] * (n - len(codes))
     return np.asarray(codes, dtype=np.int64).reshape(side, side)
+
+
+def guide(kw) -> list | None:
+    """The picture that guides the refiner, from parse's keywords (None: no refinement)."""
+    image = kw.get("image")
+    return [image] if image is not None and kw.get("refine", True) is not False else None
 
 
 def to_original(dense, info: Letterbox | None, ctx: TaskContext):
@@ -93,7 +101,7 @@ class Segment(DenseTask):
 
     def parse(self, ids, ctx, info=None, **kw) -> np.ndarray:
         """Bool mask (H, W) of the original image."""
-        mask = ctx.image_tokenizer.decode_mask(image_codes(ids, ctx)[None])[0]
+        mask = ctx.image_tokenizer.decode_mask(image_codes(ids, ctx)[None], guide=guide(kw))[0]
         return np.asarray(to_original(np.asarray(mask, dtype=bool), info, ctx), dtype=bool)
 
     def metric(self, predictions, examples) -> dict[str, float]:
@@ -120,7 +128,7 @@ class Depth(DenseTask):
 
     def parse(self, ids, ctx, info=None, **kw) -> np.ndarray:
         """Depth float32 (H, W) of the original image, in the image tokenizer's depth units."""
-        depth = ctx.image_tokenizer.decode_depth(image_codes(ids, ctx)[None])[0]
+        depth = ctx.image_tokenizer.decode_depth(image_codes(ids, ctx)[None], guide=guide(kw))[0]
         return np.asarray(to_original(np.asarray(depth, dtype=np.float32), info, ctx), dtype=np.float32)
 
     def metric(self, predictions, examples) -> dict[str, float]:

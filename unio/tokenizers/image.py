@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import ImageError, TokenizerError
 from ..resources import default_file_mode
+from .refine import REFINABLE, GuidedRefiner, RefinerConfig
 
 __all__ = ["ImageTokenizerConfig", "ImageTokenizer"]
 
@@ -61,6 +62,8 @@ class ImageTokenizerConfig:
     entropy_loss_weight: float = 0.1  # lfq: entropy regulariser
     depth_range: tuple[float, float] = (0.0, 1.0)  # depth (as drawn by dense.py) this tokenizer was trained on
     weights_dtype: str = "float32"   # dtype of model.safetensors (float16 halves the file)
+    refiners: dict = field(default_factory=dict)  # image-guided refiners of decoded maps, by kind
+                                     # ("depth", "mask"): {kind: RefinerConfig fields}, see refine.py
     training: dict = field(default_factory=dict)  # how it was made: command, steps, measured quality
 
     def __post_init__(self):
@@ -87,6 +90,12 @@ class ImageTokenizerConfig:
             raise TokenizerError(f"image_size {self.image_size} is not a multiple of downsample {self.downsample}")
         if self.weights_dtype not in ("float32", "float16"):
             raise TokenizerError(f"weights_dtype must be float32 or float16, got {self.weights_dtype!r}")
+        if not isinstance(self.refiners, dict):
+            raise TokenizerError(f"refiners must be a mapping {{kind: settings}}, got {self.refiners!r}")
+        bad = sorted(set(self.refiners) - set(REFINABLE))
+        if bad:
+            raise TokenizerError(f"refiners can serve {', '.join(REFINABLE)}, not {bad}")
+        self.refiners = {k: RefinerConfig.from_dict(v, k).to_dict() for k, v in sorted(self.refiners.items())}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -211,6 +220,8 @@ class ImageTokenizer(nn.Module):
         self.quantizer, self.latent_dim, self._codebook_size = _build_quantizer(config)
         self.encoder = Encoder(config, self.latent_dim)
         self.decoder = Decoder(config, self.latent_dim)
+        self.refiners = nn.ModuleDict({kind: GuidedRefiner(RefinerConfig.from_dict(spec, kind))
+                                       for kind, spec in config.refiners.items()})
 
     # -- properties the rest of unio reads
 
@@ -251,26 +262,47 @@ class ImageTokenizer(nn.Module):
         """
         return self._hash(skip_config=("training",))
 
+    def has_refiner(self, kind: str) -> bool:
+        """Whether decoded ``kind`` maps ("depth", "mask") can be refined with the picture as a guide."""
+        return kind in self.refiners
+
+    def add_refiner(self, kind: str, config: RefinerConfig | None = None) -> GuidedRefiner:
+        """A new (untrained) image-guided refiner for ``kind``; it changes neither codes nor decoder."""
+        if kind not in REFINABLE:
+            raise TokenizerError(f"refiners can serve {', '.join(REFINABLE)}, not {kind!r}")
+        if kind in self.refiners:
+            raise TokenizerError(f"this tokenizer already has a {kind} refiner")
+        config = config or RefinerConfig()
+        self.refiners[kind] = GuidedRefiner(config).to(self.device)
+        self.config.refiners = {**self.config.refiners, kind: config.to_dict()}
+        self.config.refiners = dict(sorted(self.config.refiners.items()))
+        return self.refiners[kind]
+
     @property
     def codes_fingerprint(self) -> str:
         """sha256 of what decides the codes: the config (less ``training`` and ``weights_dtype``)
         and the encoder and quantizer weights as stored.
 
         Two tokenizers with the same ``codes_fingerprint`` turn every image into the same codes and
-        read codes with the same grid; only their decoders may differ (e.g. one was fine-tuned
-        with ``unio tokenizer image --init DIR --decoder-only``). A model trained on one can use
-        the other's decoder: ``unio tokenizer swap-image``.
+        read codes with the same grid; only their decoders and refiners may differ (e.g. one was
+        fine-tuned with ``unio tokenizer image --init DIR --decoder-only`` or ``--refine depth``). A
+        model trained on one can use the other's decoder: ``unio tokenizer swap-image``.
         """
-        return self._hash(skip_config=("training", "weights_dtype"), skip_weights="decoder.", as_float32=True)
+        return self._hash(skip_config=("training", "weights_dtype", "refiners"),
+                          skip_weights=("decoder.", "refiners."), as_float32=True)
 
-    def _hash(self, skip_config: tuple[str, ...], skip_weights: str | None = None, as_float32: bool = False) -> str:
+    def _hash(self, skip_config: tuple[str, ...], skip_weights: tuple[str, ...] = (), as_float32: bool = False) -> str:
         """sha256 of the config less ``skip_config`` and the stored weights less those under ``skip_weights``
-        (``as_float32``: floating-point weights read as float32, so the storage dtype does not count)."""
+        (``as_float32``: floating-point weights read as float32, so the storage dtype does not count).
+
+        A tokenizer without refiners hashes as it did before refiners existed.
+        """
         h = hashlib.sha256()
-        cfg = {k: v for k, v in self.config.to_dict().items() if k not in skip_config}
+        cfg = {k: v for k, v in self.config.to_dict().items()
+               if k not in skip_config and not (k == "refiners" and not v)}
         h.update(json.dumps(cfg, sort_keys=True).encode())
         for name, t in sorted(self._storage_state_dict().items()):
-            if skip_weights and name.startswith(skip_weights):
+            if name.startswith(skip_weights):
                 continue
             if as_float32 and t.is_floating_point():
                 t = t.float()
@@ -346,21 +378,57 @@ class ImageTokenizer(nn.Module):
         lo, hi = self.depth_range
         return self.encode(torch.as_tensor(depth_to_image(_as_batch(depth), hi, min_depth=lo)))
 
-    def decode_depth(self, codes) -> np.ndarray:
-        """Codes -> depth maps float32 (B, H, W) in ``depth_range`` units."""
+    def decode_depth(self, codes, guide=None) -> np.ndarray:
+        """Codes -> depth maps float32 (B, H, W) in ``depth_range`` units.
+
+        ``guide``: the pictures the maps belong to (as :meth:`encode` takes them, any size that is
+        a multiple of the downsampling factor); with a depth refiner (:meth:`has_refiner`) the
+        decoded edges are moved onto the picture's. Without one the guide is not used.
+        """
         from .dense import image_to_depth
         lo, hi = self.depth_range
-        return image_to_depth(self.decode(codes).cpu().numpy(), hi, min_depth=lo)
+        return image_to_depth(self._decode_map(codes, "depth", guide).cpu().numpy(), hi, min_depth=lo)
 
     def encode_mask(self, mask) -> torch.Tensor:
         """Binary masks (B, H, W) -> codes (B, h, w)."""
         from .dense import mask_to_image
         return self.encode(torch.as_tensor(mask_to_image(_as_batch(mask))))
 
-    def decode_mask(self, codes) -> np.ndarray:
-        """Codes -> bool masks (B, H, W)."""
+    def decode_mask(self, codes, guide=None) -> np.ndarray:
+        """Codes -> bool masks (B, H, W); ``guide`` as for :meth:`decode_depth`."""
         from .dense import image_to_mask
-        return image_to_mask(self.decode(codes).cpu().numpy())
+        return image_to_mask(self._decode_map(codes, "mask", guide).cpu().numpy())
+
+    @torch.no_grad()
+    def refine(self, kind: str, values: torch.Tensor, guide) -> torch.Tensor:
+        """Decoded maps (B, 1, H, W) in [0, 1] (drawn as by :mod:`.dense`) -> refined maps, same shape."""
+        if kind not in self.refiners:
+            raise TokenizerError(f"this tokenizer has no {kind} refiner (it has: "
+                                 f"{', '.join(self.refiners) or 'none'}); train one with "
+                                 f"unio tokenizer image --init DIR --refine {kind}")
+        g = self._check_guide(guide, values)
+        with self._eval_mode():
+            return self.refiners[kind](values.to(self.device, torch.float32), g).clamp_(0, 1)
+
+    def _decode_map(self, codes, kind: str, guide) -> torch.Tensor:
+        """decode(codes), refined as one grey channel when there is a guide and a refiner for ``kind``."""
+        images = self.decode(codes)
+        if guide is None or kind not in self.refiners:
+            return images
+        return self.refine(kind, images.mean(1, keepdim=True), guide).expand(-1, 3, -1, -1)
+
+    def _check_guide(self, guide, values: torch.Tensor) -> torch.Tensor:
+        """The guide pictures as float (B, 3, H, W) in [0, 1] at the maps' size."""
+        try:
+            g = self._check_images(guide)
+        except ImageError as exc:
+            raise ImageError(f"guide: {exc}") from None
+        if g.shape[0] != values.shape[0]:
+            raise ImageError(f"{values.shape[0]} maps but {g.shape[0]} guide pictures; pass one picture per map")
+        if g.shape[-2:] != values.shape[-2:]:
+            g = F.interpolate(g, size=tuple(values.shape[-2:]), mode="bilinear", align_corners=False,
+                              antialias=True).clamp_(0, 1)
+        return g
 
     def codebook_usage(self, codes) -> dict[str, float]:
         """Fraction of the codebook used by ``codes`` and the perplexity of their distribution."""
@@ -496,8 +564,9 @@ class ImageTokenizer(nn.Module):
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
+        refiners = f", refiners={'+'.join(self.refiners)}" if len(self.refiners) else ""
         return (f"quantizer={self.config.quantizer}, codebook_size={self.codebook_size}, "
-                f"downsample={self.downsample}, image_size={self.image_size}, params={n / 1e6:.2f}M")
+                f"downsample={self.downsample}, image_size={self.image_size}, params={n / 1e6:.2f}M{refiners}")
 
 
 def _as_batch(x):

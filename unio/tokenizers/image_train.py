@@ -11,8 +11,13 @@ The learning rate warms up, then follows a cosine to zero at ``--steps``.
 
 Fine-tuning: ``--init DIR`` starts from an existing tokenizer (its architecture and weights);
 with ``--decoder-only`` the encoder and quantizer stay frozen, so every image keeps its codes and
-a model trained on DIR can take the new decoder (``unio tokenizer swap-image``). The run checks
-the codes' fingerprint at every checkpoint and records where it started in the config.
+a model trained on DIR can take the new decoder (``unio tokenizer swap-image``). With
+``--refine depth`` (or ``mask``, or ``depth,mask``) only image-guided refiners of decoded maps
+learn (:mod:`.refine`): each step encodes and decodes shapes depth maps / masks with the frozen
+tokenizer and trains the refiner to pull the decoded map towards the truth, guided by the scene's
+picture (loss: relative depth error, AbsRel-like; binary cross-entropy for masks). The run checks
+the codes' fingerprint at every checkpoint and records where it started in the config (with the
+starting tokenizer's own training record).
 
 Files: ``--out`` receives the tokenizer (``config.json`` + ``model.safetensors``, what
 :meth:`ImageTokenizer.load` reads) at every evaluation and at the end. The resumable training
@@ -33,6 +38,7 @@ import torch
 from ..errors import DataError, ImageError, TokenizerError
 from .dense import depth_to_image, image_to_depth, image_to_mask, mask_to_image
 from .image import ImageTokenizer, ImageTokenizerConfig
+from .refine import REFINABLE, RefinerConfig
 
 __all__ = ["main", "ShapesSource", "FolderSource", "make_source", "train_step", "evaluate", "psnr",
            "IMAGE_EXTENSIONS"]
@@ -74,6 +80,18 @@ class ShapesSource:
 
     def batch(self, indices) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
+
+    def guided(self, indices) -> dict[str, torch.Tensor]:
+        """Scenes for refiner training: ``rgb`` (B, 3, S, S) in [0, 1], ``depth`` (B, S, S) and one
+        object's ``mask`` (B, S, S) per scene (the objects taken in turn)."""
+        rgb, depth, mask = [], [], []
+        for i in indices:
+            s = self.world[int(i)]
+            rgb.append(np.asarray(s["image"], dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            depth.append(s["depth"])
+            mask.append(s["objects"][(int(i) // 7) % len(s["objects"])]["mask"])
+        return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": torch.from_numpy(np.stack(depth).astype(np.float32)),
+                "mask": torch.from_numpy(np.stack(mask))}
 
 
 class FolderSource:
@@ -162,6 +180,42 @@ def train_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, x: torch.Tensor,
     return {"loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "aux": float(aux.detach())}
 
 
+def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+                kinds: tuple[str, ...]) -> dict[str, float]:
+    """One step of the refiners named in ``kinds`` on a :meth:`ShapesSource.guided` batch.
+
+    The encoder, quantizer and decoder run frozen; each map is encoded and decoded as the model's
+    codes would be, and its refiner learns to move the decoded map onto the truth with the
+    picture as a guide.
+    """
+    tok.eval()
+    device = tok.device
+    rgb = batch["rgb"].to(device)
+    lo, hi = tok.depth_range
+    terms, loss = {}, 0.0
+    if "depth" in kinds:
+        truth = batch["depth"].to(device)
+        grey = tok.decode(tok.encode(torch.as_tensor(depth_to_image(truth, hi, min_depth=lo)))).mean(1, keepdim=True)
+        tok.refiners["depth"].train()
+        pred = lo + tok.refiners["depth"](grey, rgb)[:, 0] * (hi - lo)
+        valid = truth > 0
+        rel = (pred - truth).abs() / truth.clamp_min(1e-3 * (hi - lo))
+        terms["depth"] = rel[valid].mean() if valid.any() else rel.sum() * 0
+        loss = loss + terms["depth"]
+    if "mask" in kinds:
+        truth = batch["mask"].to(device)
+        grey = tok.decode(tok.encode(torch.as_tensor(mask_to_image(truth)))).mean(1, keepdim=True)
+        tok.refiners["mask"].train()
+        pred = tok.refiners["mask"](grey, rgb)[:, 0].clamp(1e-4, 1 - 1e-4)
+        terms["mask"] = torch.nn.functional.binary_cross_entropy(pred, truth.float())
+        loss = loss + terms["mask"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in tok.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    return {"loss": float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}}
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -178,7 +232,8 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
 
     For shapes (``source="shapes"``, ``seed`` not used in training) also the round trip of
     depth maps (AbsRel and RMSE on object pixels, averaged per image: the background dominates
-    an all-pixel average) and of every object's mask (IoU, averaged over objects).
+    an all-pixel average) and of every object's mask (IoU, averaged over objects); for a kind
+    with a refiner, the same figures with the scene's picture as the guide (``*_refined``).
     """
     image_size = tok.image_size
     if isinstance(source, str) and source == "shapes":
@@ -192,6 +247,7 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
         dense = False
     lo, hi = tok.depth_range
     psnrs, rgb_codes, all_codes, absrel, rmse, ious = [], [], [], [], [], []
+    refined: dict[str, list[float]] = {"depth_absrel": [], "depth_rmse": [], "mask_iou": []}
 
     def flush(batch):
         rgb = torch.from_numpy(np.stack([_rgb(s["image"]) for s in batch]))
@@ -204,21 +260,26 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
         depth = np.stack([s["depth"] for s in batch])
         codes = tok.encode(torch.from_numpy(depth_to_image(depth, hi, min_depth=lo)))
         all_codes.append(codes.cpu())
-        pred = image_to_depth(tok.decode(codes).cpu().numpy(), hi, min_depth=lo)
-        for s, p, d in zip(batch, pred, depth):
-            obj = np.any([o["mask"] for o in s["objects"]], axis=0)
-            err = p[obj] - d[obj]
-            absrel.append(float(np.mean(np.abs(err) / d[obj])))
-            rmse.append(float(np.sqrt(np.mean(err ** 2))))
+        objects = [np.any([o["mask"] for o in s["objects"]], axis=0) for s in batch]
+
+        def depth_errors(pred, into_absrel, into_rmse):
+            for obj, p, d in zip(objects, pred, depth):
+                err = p[obj] - d[obj]
+                into_absrel.append(float(np.mean(np.abs(err) / d[obj])))
+                into_rmse.append(float(np.sqrt(np.mean(err ** 2))))
+
+        depth_errors(tok.decode_depth(codes), absrel, rmse)
+        if tok.has_refiner("depth"):
+            depth_errors(tok.decode_depth(codes, guide=rgb), refined["depth_absrel"], refined["depth_rmse"])
         masks = np.stack([o["mask"] for s in batch for o in s["objects"]])
+        owner = torch.tensor([j for j, s in enumerate(batch) for _ in s["objects"]])
         for i in range(0, len(masks), batch_size):
             m = masks[i:i + batch_size]
             codes = tok.encode(torch.from_numpy(mask_to_image(m)))
             all_codes.append(codes.cpu())
-            pred = image_to_mask(tok.decode(codes).cpu().numpy())
-            inter = (pred & m).sum((1, 2))
-            union = (pred | m).sum((1, 2))
-            ious.extend((inter / np.maximum(union, 1)).tolist())
+            ious.extend(_ious(tok.decode_mask(codes), m))
+            if tok.has_refiner("mask"):
+                refined["mask_iou"].extend(_ious(tok.decode_mask(codes, guide=rgb[owner[i:i + batch_size]]), m))
 
     batch = []
     for s in samples:
@@ -236,7 +297,14 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
         out.update({"depth_absrel": float(np.mean(absrel)), "depth_rmse": float(np.mean(rmse)),
                     "mask_iou": float(np.mean(ious)), "masks": len(ious),
                     "usage_all": every["usage"], "perplexity_all": every["perplexity"]})
+        out.update({f"{k}_refined": float(np.mean(v)) for k, v in refined.items() if v})
     return out
+
+
+def _ious(pred: np.ndarray, truth: np.ndarray) -> list[float]:
+    inter = (pred & truth).sum((1, 2))
+    union = (pred | truth).sum((1, 2))
+    return (inter / np.maximum(union, 1)).tolist()
 
 
 def _rgb(image) -> np.ndarray:
@@ -302,6 +370,18 @@ def main(args) -> int:
     if decoder_only and not (init or args.resume):
         raise TokenizerError("--decoder-only fine-tunes the decoder of an existing tokenizer: add --init DIR "
                              "(the tokenizer whose codes must stay as they are)")
+    refine = _parse_refine(getattr(args, "refine", None))
+    if getattr(args, "refine_kernel", None) is not None and not refine:
+        raise TokenizerError("--refine-kernel sets the size of a new refiner; add --refine depth (or mask)")
+    if refine:
+        if not (init or args.resume):
+            raise TokenizerError("--refine trains refiners for an existing tokenizer: add --init DIR")
+        if decoder_only:
+            raise TokenizerError("--refine trains the refiners alone, --decoder-only the decoder alone; fine-tune "
+                                 "the decoder first, then run --refine with --init on its output")
+        if args.data != "shapes":
+            raise TokenizerError(f"--refine learns from pictures with their depth maps and masks, which --data "
+                                 f"{args.data!r} does not have; use --data shapes")
     if args.resume:
         if init:
             raise TokenizerError("--resume continues the run in --run-dir, which already knows where it started; "
@@ -312,6 +392,7 @@ def main(args) -> int:
         tok = ImageTokenizer.load(run_dir / "weights")
         start = int(state["step"])
         decoder_only = decoder_only or bool(state.get("args", {}).get("decoder_only"))
+        refine = refine or _parse_refine(state.get("args", {}).get("refine"))
         init = state.get("args", {}).get("init")
         print(f"resuming {run_dir} at step {start}")
     else:
@@ -328,7 +409,14 @@ def main(args) -> int:
     origin = None  # where a fine-tuned tokenizer came from, recorded in its config
     if init:
         origin = (state.get("args", {}).get("origin") if args.resume else None) or {
-            "init": str(init), "init_fingerprint": tok.fingerprint, "decoder_only": decoder_only}
+            "init": str(init), "init_fingerprint": tok.fingerprint, "decoder_only": decoder_only,
+            **({"refine": list(refine)} if refine else {}), "init_training": tok.config.training}
+    if not args.resume:
+        tok.config.training = {}
+    for kind in refine:
+        if not tok.has_refiner(kind):
+            kernel = getattr(args, "refine_kernel", None)
+            tok.add_refiner(kind, RefinerConfig(kernel=kernel) if kernel is not None else None)
     args.origin = origin
     cfg = tok.config
     mix = _parse_mix(getattr(args, "mix", None) or "rgb=2,depth=1,mask=1")
@@ -336,8 +424,11 @@ def main(args) -> int:
     tok.to(device)
     lr = args.lr or 1e-3
     if decoder_only:
-        for p in [*tok.encoder.parameters(), *tok.quantizer.parameters()]:
+        for p in [*tok.encoder.parameters(), *tok.quantizer.parameters(), *tok.refiners.parameters()]:
             p.requires_grad_(False)
+    if refine:
+        for name, p in tok.named_parameters():
+            p.requires_grad_(name.split(".")[:2] in [["refiners", k] for k in refine])
     trainable = [p for p in tok.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     if args.resume and opt_file.is_file():
@@ -346,7 +437,8 @@ def main(args) -> int:
     n_params = sum(p.numel() for p in trainable)
     print(f"training {tok.extra_repr()} on {args.data} for {args.steps} steps "
           f"(batch {args.batch_size}, lr {lr}, device {device}, {n_params / 1e6:.2f}M parameters trained"
-          + (", decoder only: every image keeps its codes" if decoder_only else "") + ")")
+          + (", decoder only: every image keeps its codes" if decoder_only else "")
+          + (f", {'+'.join(refine)} refiner(s) only: codes and decoder stay" if refine else "") + ")")
 
     eval_every = max(1, args.eval_every)
     warmup = min(200, max(1, args.steps // 10))
@@ -358,11 +450,14 @@ def main(args) -> int:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, lr, args.steps, warmup)
-        x = source.batch(range(step * args.batch_size, (step + 1) * args.batch_size)).to(device)
-        terms = train_step(tok, opt, x, decoder_only=decoder_only)
-        seen += len(x)
+        indices = range(step * args.batch_size, (step + 1) * args.batch_size)
+        if refine:
+            terms = refine_step(tok, opt, source.guided(indices), refine)
+        else:
+            terms = train_step(tok, opt, source.batch(indices).to(device), decoder_only=decoder_only)
+        seen += len(indices)
         ema = terms["loss"] if ema is None else 0.98 * ema + 0.02 * terms["loss"]
-        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
         done = step + 1
         if done % eval_every == 0 or done == args.steps:
             record = {"step": done, **terms, "loss_ema": ema, "lr": opt.param_groups[0]["lr"],
@@ -372,9 +467,9 @@ def main(args) -> int:
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             _checkpoint(tok, opt, run_dir, out, done, args, record, origin)
-            if decoder_only and tok.codes_fingerprint != codes_fingerprint:  # a frozen part moved
-                raise TokenizerError("the codes changed during --decoder-only training (the encoder or quantizer "
-                                     "was updated); this is a bug, please report it")
+            if (decoder_only or refine) and tok.codes_fingerprint != codes_fingerprint:  # a frozen part moved
+                raise TokenizerError("the codes changed while training only the decoder or refiners (the encoder "
+                                     "or quantizer was updated); this is a bug, please report it")
             t0, seen = time.time(), 0
     bar.close()
     print(f"wrote {out} (config.json + model.safetensors, {tok.codebook_size} codes, "
@@ -398,8 +493,19 @@ def _init_from(init, args) -> ImageTokenizer:
     tok.float()
     if getattr(args, "fp16", False):
         tok.config.weights_dtype = "float16"
-    tok.config.training = {}
     return tok
+
+
+def _parse_refine(text) -> tuple[str, ...]:
+    """``--refine depth,mask`` -> ("depth", "mask"); None / "" -> ()."""
+    if text is None or text == "":
+        return ()
+    kinds = tuple(dict.fromkeys(k.strip() for k in str(text).split(",")))
+    bad = [k for k in kinds if k not in REFINABLE]
+    if bad or not kinds:
+        raise TokenizerError(f"--refine takes {', '.join(REFINABLE)} or both comma-separated (depth,mask), "
+                             f"got {text!r}")
+    return kinds
 
 
 def _checkpoint(tok, opt, run_dir: Path, out: Path, step: int, args, record: dict, origin: dict | None = None) -> None:
@@ -418,7 +524,8 @@ def _checkpoint(tok, opt, run_dir: Path, out: Path, step: int, args, record: dic
             for p in tok.parameters():
                 p.copy_(p.to(getattr(torch, tok.config.weights_dtype)).float())
     quality = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
-               if k in ("psnr", "usage", "perplexity", "depth_absrel", "depth_rmse", "mask_iou", "images")}
+               if k in ("psnr", "usage", "perplexity", "depth_absrel", "depth_rmse", "mask_iou", "images",
+                        "depth_absrel_refined", "depth_rmse_refined", "mask_iou_refined")}
     tok.config.training = {"data": args.data, "steps": step, "batch_size": args.batch_size, "seed": args.seed,
                            "held_out_quality": quality, **({"fine_tuned": origin} if origin else {})}
     tok.save(out)
