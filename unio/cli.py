@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--refine-kernel", type=int, default=None,
                    help="neighbourhood side of a new refiner (odd, 3-15; default 9)")
     t = tk.add_parser("swap-image", help="give an export directory an image tokenizer that makes the same codes "
-                      "(e.g. a decoder fine-tuned with --decoder-only)")
+                      "(e.g. a decoder fine-tuned with --decoder-only, or one with --refine refiners)")
     t.add_argument("--model", required=True, help="export directory (or shipped model name)")
     t.add_argument("--tokenizer", required=True, help="image tokenizer folder (config.json + model.safetensors)")
     t.add_argument("--out", required=True, help="the new export directory (may be --model itself)")

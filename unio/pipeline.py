@@ -202,9 +202,10 @@ def swap_image_tokenizer(model, tokenizer, out) -> Path:
 
     The model reads and writes image codes, so the new tokenizer must turn every image into the
     same codes as the old one (equal :attr:`~unio.tokenizers.image.ImageTokenizer.codes_fingerprint`:
-    same config, encoder and quantizer); only its decoder may differ, as after
-    ``unio tokenizer image --init OLD --decoder-only``. Images, depth maps and masks the model
-    writes are then drawn by the new decoder; nothing else changes. The vocabulary fingerprint
+    same config, encoder and quantizer); only its decoder and refiners may differ, as after
+    ``unio tokenizer image --init OLD --decoder-only`` or ``--refine depth``. Images, depth maps and
+    masks the model writes are then drawn by the new decoder (and refined with the input picture
+    by its refiners); nothing else changes. The vocabulary fingerprint
     (which covers the whole tokenizer) is recomputed in ``unio.json`` and ``config.json``, and
     ``unio.json`` records the swap under ``image_tokenizer_swaps``. ``out`` may be ``model``
     itself (in place) or a new folder (the export is copied there first).
@@ -224,7 +225,7 @@ def swap_image_tokenizer(model, tokenizer, out) -> Path:
             f"the image tokenizer in {tokenizer} makes other codes than the one the model in {src} was trained "
             "with (its config, encoder or quantizer differ), so the model's image tokens would mean something "
             "else; only a tokenizer fine-tuned from the model's own with `unio tokenizer image --init "
-            f"{src / IMAGE_DIR} --decoder-only` can replace it")
+            f"{src / IMAGE_DIR} --decoder-only` (or `--refine depth`) can replace it")
     vocab = UnifiedVocab.from_dict(meta["vocab"]) if isinstance(meta.get("vocab"), dict) else None
     if vocab is None or vocab.fingerprint != meta.get("vocab_fingerprint") or \
             vocab.layout["image_fingerprint"] != old.fingerprint:
