@@ -345,3 +345,44 @@ def test_swap_image_tokenizer_refuses_other_codes_and_full_folders(micro_fast_ex
     assert cli(["tokenizer", "swap-image", "--model", str(tmp_path / "nothing"), "--tokenizer", str(tmp_path / "other"),
                 "--out", str(tmp_path / "o")]) == 2
     assert "neither an export directory" in capsys.readouterr().err
+
+
+def test_task_defaults_in_unio_json_set_the_decoding_the_caller_leaves_open(micro_fast_export, tmp_path):
+    import shutil
+    out = tmp_path / "with-defaults"
+    shutil.copytree(micro_fast_export, out)
+    meta = json.loads((out / "unio.json").read_text())
+    meta["task_defaults"] = {"generate_image": {"guidance": 2.0, "temperature": 0.5}}
+    (out / "unio.json").write_text(json.dumps(meta))
+    plain, tuned = unio.load(micro_fast_export, device="cpu"), unio.load(out, device="cpu")
+    assert tuned.task_defaults == {"generate_image": {"guidance": 2.0, "temperature": 0.5}}
+    text = "a small red circle"
+    same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b))
+    assert same(tuned.generate_image(text, seed=3), plain.generate_image(text, seed=3, guidance=2.0, temperature=0.5))
+    assert not same(plain.generate_image(text, seed=3), plain.generate_image(text, seed=3, guidance=2.0,
+                                                                          temperature=0.5))  # the defaults matter
+    # the caller's values win; guidance=1 turns guidance off
+    assert same(tuned.generate_image(text, seed=3, guidance=1, temperature=1.0), plain.generate_image(text, seed=3))
+    assert same(tuned.generate_image(text, seed=3, temperature=1.0),
+                plain.generate_image(text, seed=3, guidance=2.0))
+    from unio.evaluate import evaluate
+    run = evaluate(tuned, "shapes:1", tasks=["generate_image"], n=2)["run"]
+    assert run["task_defaults"] == tuned.task_defaults
+
+
+@pytest.mark.parametrize("defaults, message", [
+    ({"generate_image": {"guidnce": 2}}, "unknown option(s) ['guidnce']"),
+    ({"paint": {"guidance": 2}}, "paint"),
+    ({"generate_image": 2}, "must map task names"),
+    (["generate_image"], "must map task names")])
+def test_bad_task_defaults_are_refused_at_load(micro_fast_export, tmp_path, defaults, message):
+    import shutil
+    from unio.errors import CheckpointError
+    out = tmp_path / "bad"
+    shutil.copytree(micro_fast_export, out)
+    meta = json.loads((out / "unio.json").read_text())
+    meta["task_defaults"] = defaults
+    (out / "unio.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="task_defaults in .*unio.json") as err:
+        unio.load(out, device="cpu")
+    assert message in str(err.value)

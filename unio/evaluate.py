@@ -615,6 +615,7 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         "versions": _versions(), "seconds": round(time.perf_counter() - start_all, 3),
         "skipped_tasks": skipped_tasks,
         "options": {("*" if k is None else k): dict(v) for k, v in options.items()},
+        "task_defaults": getattr(pipe, "task_defaults", {}),
     }
     if predictions_path is not None:
         results["run"]["predictions"] = str(write_jsonl(records, predictions_path))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import CheckpointError, InputError, TaskError, VocabMismatchError
+from .errors import CheckpointError, InputError, TaskError, UnioError, VocabMismatchError
 from .images import FILL, letterbox, load_image, to_pixel_values
 from .resources import default_file_mode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, shapes_classes
@@ -301,7 +301,7 @@ def load(name_or_dir, device=None, dtype=None, device_map=None, batch_size: int 
     """
     path = _export_path(name_or_dir)
     model, ctx, meta = load_export(path, device=device, dtype=dtype, device_map=device_map)
-    return Pipeline(model, ctx, meta, batch_size=batch_size)
+    return Pipeline(model, ctx, {**meta, "path": str(path)}, batch_size=batch_size)
 
 
 def _pick_device(device, dtype):
@@ -343,6 +343,7 @@ class Pipeline:
     def __init__(self, model, ctx: TaskContext, meta: dict | None = None, batch_size: int = 16):
         self.model, self.ctx, self.meta = model, ctx, dict(meta or {})
         self.batch_size = int(batch_size)
+        self.task_defaults = _task_defaults(self.meta)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -413,9 +414,13 @@ class Pipeline:
         """
         return self._call("depth", image, {}, batch_size, gen, prompt=prompt, refine=bool(refine))
 
-    def generate_image(self, text, *, guidance=None, top_k=None, top_p=0.9, temperature=1.0, seed=None,
+    def generate_image(self, text, *, guidance=None, top_k=None, top_p=None, temperature=None, seed=None,
                        size=None, prompt=None, batch_size=None, **gen):
-        """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance."""
+        """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance (1: none).
+
+        Options left at None take the model's ``task_defaults`` (``unio.json``), else top_p 0.9,
+        temperature 1.0 and no guidance.
+        """
         single = isinstance(text, str)
         texts = [text] if single else list(text)
         if not texts:
@@ -427,7 +432,7 @@ class Pipeline:
             out = [im.resize(tuple(size), Image.BICUBIC) for im in out]
         return out[0] if single else out
 
-    def inpaint(self, image, box, text, *, top_k=None, top_p=0.9, temperature=1.0, seed=None, prompt=None,
+    def inpaint(self, image, box, text, *, top_k=None, top_p=None, temperature=None, seed=None, prompt=None,
                 batch_size=None, **gen):
         """The image with the box redrawn to show ``text`` (content generated inside the box only)."""
         return self._call("inpaint", image, {"box": box, "text": text}, batch_size, gen, prompt=prompt,
@@ -557,7 +562,9 @@ class Pipeline:
         if unknown:
             raise InputError(f"unknown option(s) {unknown} for {task_name}; decoding options are "
                              f"{sorted(GENERATE_OPTIONS)}")
-        options = {k: v for k, v in options.items() if v is not None}
+        options = {**self.task_defaults.get(task_name, {}), **{k: v for k, v in options.items() if v is not None}}
+        if options.get("guidance") == 1:  # guidance 1 is plain conditional sampling: skip the second branch
+            del options["guidance"]
         guidance = options.get("guidance")
         if guidance is not None and not hasattr(task, "unconditional"):
             raise InputError(f"classifier-free guidance is available for generate_image only, not {task_name}")
@@ -703,6 +710,23 @@ def task_options(task: str) -> frozenset[str]:
     params = inspect.signature(getattr(Pipeline, method)).parameters.values()
     named = {p.name for p in params if p.kind != p.VAR_KEYWORD}
     return frozenset((named | GENERATE_OPTIONS) - {"self", "image", "text", "batch_size", *PER_ITEM_INPUTS})
+
+
+def _task_defaults(meta: dict) -> dict[str, dict]:
+    """``unio.json``'s optional ``task_defaults`` ({task: {option: value}}: decoding defaults chosen
+    for this model, e.g. ``{"generate_image": {"guidance": 2.5, "temperature": 0.6}}``), checked."""
+    raw = meta.get("task_defaults") or {}
+    where = f"{meta.get('path', 'the export')}/{META_NAME}"
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise CheckpointError(f"task_defaults in {where} must map task names to {{option: value}}, "
+                              f"e.g. {{\"generate_image\": {{\"guidance\": 2.5}}}}; got {raw!r}")
+    for task, options in raw.items():
+        try:
+            get_task(task)
+            check_options(task, options)
+        except UnioError as exc:
+            raise CheckpointError(f"task_defaults in {where}: {exc}") from None
+    return {task: dict(options) for task, options in raw.items()}
 
 
 def check_options(task: str, options: dict) -> None:
