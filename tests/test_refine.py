@@ -206,3 +206,41 @@ def test_pipeline_refines_depth_with_the_input_picture(micro_fast_export, tmp_pa
                 "--out", str(tmp_path / "pred.jsonl")]) == 0
     capsys.readouterr()
     assert (tmp_path / "pred.jsonl").read_text().strip()
+
+
+def _depth_folder(root, n=6, size=(48, 40)):
+    """n pictures with metric depth maps (.npy, metres; a few missing pixels), matched by stem."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    (root / "depth").mkdir()
+    for i in range(n):
+        w, h = size
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
+        d = np.full((h, w), 6.0, np.float32)
+        d[h // 3:, : w // 2] = 2.0 + i * 0.3
+        d[0, :5] = 0.0  # missing
+        np.save(root / "depth" / f"{i:03d}.npy", d)
+    return f"depth:images={root / 'img'},depth={root / 'depth'}"
+
+
+def test_refiners_train_on_a_dataset_of_your_own(tmp_path, capsys):
+    from unio.tokenizers.image_train import DatasetGuidedSource
+    spec = _depth_folder(tmp_path / "data")
+    ImageTokenizer(**TINY, depth_range=(0.0, 10.0)).save(tmp_path / "parent")
+    source = DatasetGuidedSource(spec, 32, (0.0, 10.0), ("depth",), held_out=128)
+    assert (source.train_n, source.held_out) == (5, 1)  # at most a fifth is held out
+    b = source.guided(range(3))
+    assert b["rgb"].shape == (3, 3, 32, 32) and b["depth"].shape == b["valid"].shape == (3, 32, 32)
+    assert not bool(b["valid"][:, 0, :3].any())          # missing depth is out of the loss
+    assert not bool(b["valid"][:, -2:, :].any())         # and so is the letterbox padding (40/48 of 32 rows)
+    assert float(b["depth"][b["valid"]].min()) >= 2.0 and not bool(b["has_mask"].any())
+    out = tmp_path / "child"
+    assert cli(["tokenizer", "image", "--out", str(out), "--init", str(tmp_path / "parent"), "--refine", "depth",
+                "--data", spec, "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--eval-n", "4",
+                "--threads", "1"]) == 0
+    quality = ImageTokenizer.load(out).config.training["held_out_quality"]
+    assert quality["images"] == 1 and {"depth_absrel", "depth_absrel_refined"} <= set(quality)
+    # a dataset without the maps the refiner needs
+    assert cli(["tokenizer", "image", "--out", str(tmp_path / "o"), "--init", str(tmp_path / "parent"),
+                "--refine", "mask", "--data", spec, "--steps", "1", "--threads", "1"]) == 2
+    assert "has no object masks" in capsys.readouterr().err and not (tmp_path / "o").exists()

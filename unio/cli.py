@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model-type", default="bpe", choices=["unigram", "bpe"],
                    help="bpe keeps whole words of small templated corpora; unigram suits large ones")
     t = tk.add_parser("image", help="train a VQ image tokenizer")
-    t.add_argument("--data", default="shapes", help="shapes, or folder:PATH for your own images")
+    t.add_argument("--data", default="shapes",
+                   help="shapes, or folder:PATH for your own images; with --refine: shapes or a dataset with depth "
+                        "maps / masks as unio eval reads it (depth:images=DIR,depth=DIR, a .jsonl manifest ...)")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=20000)
     t.add_argument("--image-size", type=int, default=None, help="default 64 (with --init: that tokenizer's)")

@@ -13,9 +13,12 @@ Fine-tuning: ``--init DIR`` starts from an existing tokenizer (its architecture 
 with ``--decoder-only`` the encoder and quantizer stay frozen, so every image keeps its codes and
 a model trained on DIR can take the new decoder (``unio tokenizer swap-image``). With
 ``--refine depth`` (or ``mask``, or ``depth,mask``) only image-guided refiners of decoded maps
-learn (:mod:`.refine`): each step encodes and decodes shapes depth maps / masks with the frozen
+learn (:mod:`.refine`): each step encodes and decodes depth maps / masks with the frozen
 tokenizer and trains the refiner to pull the decoded map towards the truth, guided by the scene's
-picture (loss: relative depth error, AbsRel-like; binary cross-entropy for masks). The run checks
+picture (loss: relative depth error, AbsRel-like; binary cross-entropy for masks). The pairs come
+from the shapes world (``--data shapes``) or from any dataset ``unio eval`` reads that has them
+(``--data depth:images=DIR,depth=DIR``, a JSONL manifest, COCO instances for masks), whose last
+samples are held out for the figures. The run checks
 the codes' fingerprint at every checkpoint and records where it started in the config (with the
 starting tokenizer's own training record).
 
@@ -40,8 +43,8 @@ from .dense import depth_to_image, image_to_depth, image_to_mask, mask_to_image
 from .image import ImageTokenizer, ImageTokenizerConfig
 from .refine import REFINABLE, RefinerConfig
 
-__all__ = ["main", "ShapesSource", "FolderSource", "make_source", "train_step", "evaluate", "psnr",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["main", "ShapesSource", "FolderSource", "DatasetGuidedSource", "make_source", "train_step", "refine_step",
+           "evaluate", "evaluate_guided", "psnr", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 KINDS = ("rgb", "depth", "mask")
@@ -90,8 +93,62 @@ class ShapesSource:
             rgb.append(np.asarray(s["image"], dtype=np.float32).transpose(2, 0, 1) / 255.0)
             depth.append(s["depth"])
             mask.append(s["objects"][(int(i) // 7) % len(s["objects"])]["mask"])
-        return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": torch.from_numpy(np.stack(depth).astype(np.float32)),
-                "mask": torch.from_numpy(np.stack(mask))}
+        depth = torch.from_numpy(np.stack(depth).astype(np.float32))
+        return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": depth, "valid": depth > 0,
+                "mask": torch.from_numpy(np.stack(mask)), "has_mask": torch.ones(len(rgb), dtype=torch.bool)}
+
+
+class DatasetGuidedSource:
+    """Pictures with their depth maps and object masks from any dataset reader (the data specs of
+    ``unio eval``: ``depth:images=DIR,depth=DIR``, a JSONL manifest, ``coco:...``), letterboxed to
+    the tokenizer's size as the depth and segment tasks do, for refiner training. The last
+    ``held_out`` samples are kept apart for evaluation. Missing depth (NaN, <= 0) is drawn as far,
+    as the depth task draws it, and left out of the loss and the figures."""
+
+    def __init__(self, spec: str, image_size: int, depth_range, kinds: tuple[str, ...], held_out: int = 128):
+        from ..evaluate import open_data
+        self.source, _ = open_data(spec)
+        n = len(self.source)
+        if n < 2:
+            raise DataError(f"--data {spec!r} has {n} sample(s); refiner training needs at least 2 (one held out)")
+        self.held_out = max(1, min(int(held_out), n // 5))
+        self.train_n = n - self.held_out
+        self.size, self.depth_range, self.spec = int(image_size), tuple(depth_range), spec
+        first = self.source[0]
+        if "depth" in kinds and first.get("depth") is None:
+            raise DataError(f"--data {spec!r} has no depth maps (its first sample has none); --refine depth needs "
+                            "pictures with depth, e.g. depth:images=DIR,depth=DIR")
+        if "mask" in kinds and not any(o.get("mask") is not None for o in first.get("objects") or []):
+            raise DataError(f"--data {spec!r} has no object masks (its first sample has none); --refine mask needs "
+                            "them, e.g. mask:images=DIR,masks=DIR or COCO instances")
+
+    def guided(self, indices, held_out: bool = False) -> dict[str, torch.Tensor]:
+        """As :meth:`ShapesSource.guided`, plus ``valid`` depth pixels and ``has_mask`` per scene."""
+        from ..images import letterbox
+        from ..tasks.dense import letterbox_array
+        S, (lo, hi) = self.size, self.depth_range
+        rgb, depth, valid, mask, has_mask = [], [], [], [], []
+        for i in indices:
+            i = int(i)
+            index = self.train_n + i % self.held_out if held_out else i % self.train_n
+            s = self.source[index]
+            rgb.append(np.asarray(letterbox(s["image"], S)[0], dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            d = s.get("depth")
+            if d is None:
+                depth.append(np.full((S, S), hi, np.float32))
+                valid.append(np.zeros((S, S), bool))
+            else:
+                d = np.asarray(d, dtype=np.float32)
+                ok = np.isfinite(d) & (d > 0)
+                depth.append(letterbox_array(np.where(ok, d, hi), S, hi, nearest=False))
+                valid.append(letterbox_array(ok, S, False, nearest=True))
+            objects = [o for o in s.get("objects") or [] if o.get("mask") is not None]
+            has_mask.append(bool(objects))
+            m = objects[(i // 7) % len(objects)]["mask"] if objects else np.zeros((S, S), bool)
+            mask.append(letterbox_array(np.asarray(m, dtype=bool), S, False, nearest=True) if objects else m)
+        return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": torch.from_numpy(np.stack(depth)),
+                "valid": torch.from_numpy(np.stack(valid)), "mask": torch.from_numpy(np.stack(mask)),
+                "has_mask": torch.tensor(has_mask)}
 
 
 class FolderSource:
@@ -198,7 +255,7 @@ def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str
         grey = tok.decode(tok.encode(torch.as_tensor(depth_to_image(truth, hi, min_depth=lo)))).mean(1, keepdim=True)
         tok.refiners["depth"].train()
         pred = lo + tok.refiners["depth"](grey, rgb)[:, 0] * (hi - lo)
-        valid = truth > 0
+        valid = batch["valid"].to(device) if "valid" in batch else truth > 0
         rel = (pred - truth).abs() / truth.clamp_min(1e-3 * (hi - lo))
         terms["depth"] = rel[valid].mean() if valid.any() else rel.sum() * 0
         loss = loss + terms["depth"]
@@ -207,7 +264,10 @@ def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str
         grey = tok.decode(tok.encode(torch.as_tensor(mask_to_image(truth)))).mean(1, keepdim=True)
         tok.refiners["mask"].train()
         pred = tok.refiners["mask"](grey, rgb)[:, 0].clamp(1e-4, 1 - 1e-4)
-        terms["mask"] = torch.nn.functional.binary_cross_entropy(pred, truth.float())
+        rows = batch["has_mask"].to(device) if "has_mask" in batch else torch.ones(len(truth), dtype=torch.bool,
+                                                                                   device=device)
+        bce = torch.nn.functional.binary_cross_entropy(pred, truth.float(), reduction="none")
+        terms["mask"] = bce[rows].mean() if rows.any() else bce.sum() * 0
         loss = loss + terms["mask"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -301,6 +361,36 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
     return out
 
 
+@torch.no_grad()
+def evaluate_guided(tok: ImageTokenizer, source: DatasetGuidedSource, n: int = 128, batch_size: int = 32) -> dict:
+    """Depth and mask round trips on the held-out samples of a dataset, from the codes alone and,
+    for a kind with a refiner, refined with the picture (AbsRel over valid depth pixels per image)."""
+    lo, hi = tok.depth_range
+    count = min(int(n), source.held_out)
+    out: dict[str, list[float]] = {k: [] for k in ("depth_absrel", "depth_absrel_refined", "mask_iou",
+                                                   "mask_iou_refined")}
+    for start in range(0, count, batch_size):
+        b = source.guided(range(start, min(count, start + batch_size)), held_out=True)
+        codes = tok.encode(torch.as_tensor(depth_to_image(b["depth"], hi, min_depth=lo)))
+        truth, valid = b["depth"].numpy(), b["valid"].numpy()
+        for key, guide in (("depth_absrel", None), ("depth_absrel_refined", b["rgb"])):
+            if guide is not None and not tok.has_refiner("depth"):
+                continue
+            for p, d, v in zip(tok.decode_depth(codes, guide=guide), truth, valid):
+                if v.any():
+                    out[key].append(float(np.mean(np.abs(p[v] - d[v]) / d[v])))
+        rows = b["has_mask"].numpy()
+        if rows.any():
+            m = b["mask"].numpy()[rows]
+            codes = tok.encode(torch.from_numpy(mask_to_image(m)))
+            out["mask_iou"].extend(_ious(tok.decode_mask(codes), m))
+            if tok.has_refiner("mask"):
+                out["mask_iou_refined"].extend(_ious(tok.decode_mask(codes, guide=b["rgb"][rows]), m))
+    result = {k: float(np.mean(v)) for k, v in out.items() if v}
+    result["images"] = count
+    return result
+
+
 def _ious(pred: np.ndarray, truth: np.ndarray) -> list[float]:
     inter = (pred & truth).sum((1, 2))
     union = (pred | truth).sum((1, 2))
@@ -379,9 +469,10 @@ def main(args) -> int:
         if decoder_only:
             raise TokenizerError("--refine trains the refiners alone, --decoder-only the decoder alone; fine-tune "
                                  "the decoder first, then run --refine with --init on its output")
-        if args.data != "shapes":
-            raise TokenizerError(f"--refine learns from pictures with their depth maps and masks, which --data "
-                                 f"{args.data!r} does not have; use --data shapes")
+        if args.data.startswith("folder:"):
+            raise TokenizerError(f"--refine learns from pictures with their depth maps or masks, which --data "
+                                 f"{args.data!r} (pictures only) does not have; use --data shapes or a dataset "
+                                 "with them, e.g. depth:images=DIR,depth=DIR")
     if args.resume:
         if init:
             raise TokenizerError("--resume continues the run in --run-dir, which already knows where it started; "
@@ -420,7 +511,11 @@ def main(args) -> int:
     args.origin = origin
     cfg = tok.config
     mix = _parse_mix(getattr(args, "mix", None) or "rgb=2,depth=1,mask=1")
-    source = make_source(args.data, cfg.image_size, args.seed, mix=mix, depth_range=cfg.depth_range)
+    eval_n = getattr(args, "eval_n", None) or 128
+    if refine and args.data != "shapes":
+        source = DatasetGuidedSource(args.data, cfg.image_size, cfg.depth_range, refine, held_out=eval_n)
+    else:
+        source = make_source(args.data, cfg.image_size, args.seed, mix=mix, depth_range=cfg.depth_range)
     tok.to(device)
     lr = args.lr or 1e-3
     if decoder_only:
@@ -442,7 +537,6 @@ def main(args) -> int:
 
     eval_every = max(1, args.eval_every)
     warmup = min(200, max(1, args.steps // 10))
-    eval_n = getattr(args, "eval_n", None) or 128
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="image tokenizer",
                mininterval=float(os.environ.get("UNIO_TQDM_INTERVAL", 2)), dynamic_ncols=True)
     t0, seen, ema = time.time(), 0, None
@@ -462,7 +556,10 @@ def main(args) -> int:
         if done % eval_every == 0 or done == args.steps:
             record = {"step": done, **terms, "loss_ema": ema, "lr": opt.param_groups[0]["lr"],
                       "images_per_s": seen / max(1e-9, time.time() - t0), "cpu_s": time.process_time()}
-            record.update(evaluate(tok, args.data, n=eval_n, seed=args.seed + 1, batch_size=64))
+            if isinstance(source, DatasetGuidedSource):
+                record.update(evaluate_guided(tok, source, n=eval_n))
+            else:
+                record.update(evaluate(tok, args.data, n=eval_n, seed=args.seed + 1, batch_size=64))
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
