@@ -386,3 +386,45 @@ def test_bad_task_defaults_are_refused_at_load(micro_fast_export, tmp_path, defa
     with pytest.raises(CheckpointError, match="task_defaults in .*unio.json") as err:
         unio.load(out, device="cpu")
     assert message in str(err.value)
+
+
+def test_candidates_keep_the_sample_the_text_explains_best(micro_fast_export, monkeypatch):
+    pipe = unio.load(micro_fast_export, device="cpu")
+    seen, calls = {}, []
+    generate = pipe._generate
+
+    def spy(rows, *args, **kwargs):
+        seen["rows"], seen["outs"] = len(rows), generate(rows, *args, **kwargs)
+        return seen["outs"]
+
+    def loglik(examples, targets):  # conditional calls favour the last sample of each text
+        calls.append((len(examples), all(t[-1] == pipe.ctx.vocab.eos_id for t in targets)))
+        if len(calls) % 2:
+            return np.array([float(i % 3 == 2) for i in range(len(examples))])
+        return np.zeros(len(examples))
+
+    monkeypatch.setattr(pipe, "_generate", spy)
+    monkeypatch.setattr(pipe, "_target_loglik", loglik)
+    texts = ["a small red circle", "a large blue square"]
+    images = pipe.generate_image(texts, seed=0, candidates=3)
+    assert seen["rows"] == 6 and calls == [(6, True), (6, True)]
+    task = get_task("generate_image")
+    for j, image in enumerate(images):
+        assert np.array_equal(np.asarray(image), np.asarray(task.parse(seen["outs"][j * 3 + 2][0], pipe.ctx)))
+    pipe.generate_image(texts, seed=0, candidates=3, guidance=2.0)
+    assert seen["rows"] == 12  # each candidate has its unconditional row
+
+
+def test_candidates_run_for_real_and_are_checked(micro_fast_export):
+    pipe = unio.load(micro_fast_export, device="cpu")
+    images = pipe.generate_image(["a small red circle", "a large blue square"], seed=1, candidates=2, guidance=2.0)
+    assert len(images) == 2 and images[0].size == images[1].size
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="candidates must be a whole number"):
+            pipe.generate_image("a small red circle", candidates=bad)
+    with pytest.raises(InputError, match="unknown option"):
+        pipe.run("caption", Image.new("RGB", (32, 32)), candidates=2)
+    task = get_task("detect")
+    example = task.build({"image": Image.new("RGB", (32, 32))}, pipe.ctx)
+    with pytest.raises(InputError, match="generate_image only"):
+        pipe.predict_examples("detect", [example], candidates=2)

@@ -415,18 +415,21 @@ class Pipeline:
         return self._call("depth", image, {}, batch_size, gen, prompt=prompt, refine=bool(refine))
 
     def generate_image(self, text, *, guidance=None, top_k=None, top_p=None, temperature=None, seed=None,
-                       size=None, prompt=None, batch_size=None, **gen):
+                       candidates=None, size=None, prompt=None, batch_size=None, **gen):
         """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance (1: none).
 
+        ``candidates`` = k > 1 samples k images per text and keeps the one the text explains best
+        (largest log p(image | text) - log p(image) under the model; k times the sampling cost).
         Options left at None take the model's ``task_defaults`` (``unio.json``), else top_p 0.9,
-        temperature 1.0 and no guidance.
+        temperature 1.0, no guidance and one candidate.
         """
         single = isinstance(text, str)
         texts = [text] if single else list(text)
         if not texts:
             raise InputError("generate_image got an empty list of texts")
         items = [({}, {"text": t}) for t in texts]
-        sampling = dict(guidance=guidance, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
+        sampling = dict(guidance=guidance, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
+                        candidates=candidates)
         out = self._predict("generate_image", items, batch_size, gen, prompt=prompt, **sampling)
         if size is not None:
             out = [im.resize(tuple(size), Image.BICUBIC) for im in out]
@@ -480,19 +483,11 @@ class Pipeline:
             base = task.build({"image": load_image(im)}, self.ctx)
             for t in texts:
                 pairs.append(Example(**{**base.__dict__, "labels": self.ctx.encode_text(t) + [self.ctx.vocab.eos_id]}))
-        scores: list[float] = []
         bs = int(batch_size or self.batch_size)
+        scores: list[float] = []
         for i in range(0, len(pairs), bs):
             chunk = pairs[i:i + bs]
-            batch = self._collate(chunk)
-            T = max(len(e.labels) for e in chunk)
-            labels = torch.full((len(chunk), T), -100, dtype=torch.long)
-            for r, e in enumerate(chunk):
-                labels[r, : len(e.labels)] = torch.tensor(e.labels)
-            labels = labels.to(self.device)
-            logits = self.model(**batch, labels=labels).logits.float()
-            logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
-            scores += (logp * (labels != -100)).sum(-1).tolist()
+            scores += self._target_loglik(chunk, [e.labels for e in chunk]).tolist()
         rows = [scores[k * len(texts):(k + 1) * len(texts)] for k in range(len(images))]
         return rows if _is_batch(image) else rows[0]
 
@@ -568,6 +563,12 @@ class Pipeline:
         guidance = options.get("guidance")
         if guidance is not None and not hasattr(task, "unconditional"):
             raise InputError(f"classifier-free guidance is available for generate_image only, not {task_name}")
+        k = options.pop("candidates", 1)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"candidates must be a whole number >= 1, got {k!r}")
+        if k > 1 and not hasattr(task, "unconditional"):
+            raise InputError(f"candidates (sample several, keep the best) is available for generate_image only, "
+                             f"not {task_name}")
         bs = int(batch_size or self.batch_size)
         results = []
         for i in range(0, len(examples), bs):
@@ -575,11 +576,52 @@ class Pipeline:
             gen_kw = task.generation_kwargs(self.ctx, **options)
             gen_kw.update(gen)
             processors = task.logits_processors(self.ctx, chunk[0], batch=chunk, **options)
-            rows = chunk + [task.unconditional(self.ctx)] * len(chunk) if guidance is not None else chunk
-            for ex, (ids, lp, raw) in zip(chunk, self._generate(rows, processors, gen_kw, task.needs_scores)):
+            cond = [ex for ex in chunk for _ in range(k)]  # k samples of each example, side by side
+            rows = cond + [task.unconditional(self.ctx)] * len(cond) if guidance is not None else cond
+            outs = self._generate(rows, processors, gen_kw, task.needs_scores)
+            if k > 1:
+                outs = self._best_of(task, cond, outs, k)
+            for ex, (ids, lp, raw) in zip(chunk, outs):
                 results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
                                           image=ex.image, refine=options.get("refine", True)))
         return results
+
+    def _best_of(self, task, cond: list, outs: list, k: int) -> list:
+        """Of each example's ``k`` samples, the one the text explains best: the largest
+        log p(codes | prompt) - log p(codes | unconditional prompt), the pointwise mutual information
+        of image and text under the model (the implicit classifier of classifier-free guidance,
+        Ho & Salimans, 2022), so a sample is kept for matching its text, not for being plain.
+
+        The codes scored are those of the picture as drawn (decoded, then encoded again): sampled
+        codes the decoder draws alike score alike, so the choice follows what the picture shows.
+        """
+        from .tasks.dense import image_codes
+        tok, vocab = self.ctx.image_tokenizer, self.ctx.vocab
+        sampled = torch.as_tensor(np.stack([image_codes(ids, self.ctx) for ids, _, _ in outs[: len(cond)]]))
+        drawn = torch.cat([tok.encode(tok.decode(sampled[i:i + 64])) for i in range(0, len(sampled), 64)])
+        targets = [[int(t) for t in vocab.image_ids(c.flatten().cpu().numpy())] + [vocab.eos_id] for c in drawn]
+        pmi = self._target_loglik(cond, targets) - self._target_loglik([task.unconditional(self.ctx)] * len(cond),
+                                                                        targets)
+        best = [j * k + int(np.argmax(pmi[j * k:(j + 1) * k])) for j in range(len(cond) // k)]
+        return [outs[b] for b in best]
+
+    @torch.inference_mode()
+    def _target_loglik(self, examples: Sequence[Example], targets: Sequence[list[int]]) -> np.ndarray:
+        """Sum of log-probabilities of each target (global ids) after its example's prompt (teacher forcing)."""
+        scores: list[float] = []
+        bs = int(self.batch_size) * 4
+        for i in range(0, len(examples), bs):
+            chunk, tg = list(examples[i:i + bs]), list(targets[i:i + bs])
+            batch = self._collate(chunk)
+            T = max(1, max(len(t) for t in tg))
+            labels = torch.full((len(chunk), T), -100, dtype=torch.long)
+            for r, t in enumerate(tg):
+                labels[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            labels = labels.to(self.device)
+            logits = self.model(**batch, labels=labels).logits.float()
+            logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+            scores += (logp * (labels != -100)).sum(-1).tolist()
+        return np.asarray(scores, dtype=np.float64)
 
     def _predict(self, task_name: str, items, batch_size, gen: dict, **options) -> list:
         """Build each item's Example (canonical prompt, or the caller's ``prompt``), then predict."""
