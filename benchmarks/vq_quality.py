@@ -8,7 +8,7 @@ on seed 0 and monitored on seed 1): RGB reconstruction PSNR, codebook usage and 
 RMSE on object pixels, per image then averaged), the mask round trip (IoU per object, averaged)
 and encode+decode throughput in images/s on this machine; for a tokenizer with image-guided
 refiners (``--refine``), the depth and mask round trips again with the scene's picture as the
-guide. Prints a table, writes JSON.
+guide, and depth decoding speed with and without the depth refiner. Prints a table, writes JSON.
 """
 from __future__ import annotations
 
@@ -62,18 +62,32 @@ def main(argv=None) -> dict:
     world = ShapesWorld(image_size=tok.image_size, seed=args.seed)
     n_speed = min(args.n, 200)
     images = torch.from_numpy(np.stack([np.asarray(world[i]["image"], np.float32) / 255 for i in range(n_speed)]))
-    speed = throughput(tok, images.permute(0, 3, 1, 2).contiguous().to(args.device), args.batch_size)
+    pictures = images.permute(0, 3, 1, 2).contiguous().to(args.device)
+    speed = throughput(tok, pictures, args.batch_size)
+    refine_speed = {}
+    if tok.has_refiner("depth"):  # decoding depth codes with the picture as the guide, vs without
+        codes = tok.encode(pictures)
+        for key, guide in (("decode_depth_per_s", None), ("decode_depth_refined_per_s", pictures)):
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                for i in range(0, len(codes), args.batch_size):
+                    tok.decode_depth(codes[i:i + args.batch_size],
+                                     guide=None if guide is None else guide[i:i + args.batch_size])
+                best = min(best, time.perf_counter() - t)
+            refine_speed[key] = len(codes) / best
 
     result = {"tokenizer": str(args.tokenizer), "fingerprint": tok.fingerprint, "codebook_size": tok.codebook_size,
               "tokens_per_image": tok.tokens_per_image, "image_size": tok.image_size, "seed": args.seed,
-              **quality, "encode_decode_images_per_s": speed, "device": args.device,
+              **quality, "encode_decode_images_per_s": speed, **refine_speed, "device": args.device,
               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
               "eval_seconds": eval_s}
     rows = [("PSNR (dB, RGB)", "psnr"), ("codebook usage (RGB)", "usage"), ("perplexity (RGB)", "perplexity"),
             ("usage (RGB+depth+mask)", "usage_all"), ("depth AbsRel (object px)", "depth_absrel"),
             ("depth RMSE (object px)", "depth_rmse"), ("mask IoU", "mask_iou"),
             ("  refined: depth AbsRel", "depth_absrel_refined"), ("  refined: depth RMSE", "depth_rmse_refined"),
-            ("  refined: mask IoU", "mask_iou_refined"), ("encode+decode images/s", "encode_decode_images_per_s")]
+            ("  refined: mask IoU", "mask_iou_refined"), ("encode+decode images/s", "encode_decode_images_per_s"),
+            ("decode depth maps/s", "decode_depth_per_s"), ("  refined: maps/s", "decode_depth_refined_per_s")]
     rows = [(label, key) for label, key in rows if key in result]
     print(f"{tok.codebook_size} codes, {tok.tokens_per_image} per {tok.image_size}px image; "
           f"{result['images']} images, {result.get('masks', 0)} masks of ShapesWorld(seed={args.seed}); "
