@@ -28,18 +28,23 @@ TARGETS = {"psnr": (">=", 30.0), "usage": (">=", 0.5), "mask_iou": (">=", 0.95),
            "mask_iou_refined": (">=", 0.95), "depth_absrel_refined": ("<=", 0.05)}
 
 
-def throughput(tok: ImageTokenizer, images: torch.Tensor, batch_size: int, repeats: int = 3) -> float:
-    """encode + decode images/s (best of ``repeats`` passes over ``images``)."""
+def rate(step, n: int, batch_size: int, repeats: int = 3) -> float:
+    """Items/s of ``step(start, stop)`` run over ``n`` items in batches (best of ``repeats`` passes)."""
+    step(0, min(n, batch_size))  # warm-up
     best = float("inf")
-    tok.decode(tok.encode(images[:batch_size]))  # warm-up
     for _ in range(repeats):
         t = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            out = tok.decode(tok.encode(images[i:i + batch_size]))
-        if out.is_cuda:
+        for i in range(0, n, batch_size):
+            step(i, i + batch_size)
+        if torch.cuda.is_available():
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    return len(images) / best
+    return n / best
+
+
+def throughput(tok: ImageTokenizer, images: torch.Tensor, batch_size: int, repeats: int = 3) -> float:
+    """encode + decode images/s (best of ``repeats`` passes over ``images``)."""
+    return rate(lambda i, j: tok.decode(tok.encode(images[i:j])), len(images), batch_size, repeats)
 
 
 def main(argv=None) -> dict:
@@ -67,15 +72,10 @@ def main(argv=None) -> dict:
     refine_speed = {}
     if tok.has_refiner("depth"):  # decoding depth codes with the picture as the guide, vs without
         codes = tok.encode(pictures)
-        for key, guide in (("decode_depth_per_s", None), ("decode_depth_refined_per_s", pictures)):
-            best = float("inf")
-            for _ in range(3):
-                t = time.perf_counter()
-                for i in range(0, len(codes), args.batch_size):
-                    tok.decode_depth(codes[i:i + args.batch_size],
-                                     guide=None if guide is None else guide[i:i + args.batch_size])
-                best = min(best, time.perf_counter() - t)
-            refine_speed[key] = len(codes) / best
+        refine_speed["decode_depth_per_s"] = rate(lambda i, j: tok.decode_depth(codes[i:j]), len(codes),
+                                                  args.batch_size)
+        refine_speed["decode_depth_refined_per_s"] = rate(
+            lambda i, j: tok.decode_depth(codes[i:j], guide=pictures[i:j]), len(codes), args.batch_size)
 
     result = {"tokenizer": str(args.tokenizer), "fingerprint": tok.fingerprint, "codebook_size": tok.codebook_size,
               "tokens_per_image": tok.tokens_per_image, "image_size": tok.image_size, "seed": args.seed,

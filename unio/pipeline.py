@@ -483,11 +483,7 @@ class Pipeline:
             base = task.build({"image": load_image(im)}, self.ctx)
             for t in texts:
                 pairs.append(Example(**{**base.__dict__, "labels": self.ctx.encode_text(t) + [self.ctx.vocab.eos_id]}))
-        bs = int(batch_size or self.batch_size)
-        scores: list[float] = []
-        for i in range(0, len(pairs), bs):
-            chunk = pairs[i:i + bs]
-            scores += self._target_loglik(chunk, [e.labels for e in chunk]).tolist()
+        scores = self._target_loglik(pairs, [e.labels for e in pairs], batch_size or self.batch_size).tolist()
         rows = [scores[k * len(texts):(k + 1) * len(texts)] for k in range(len(images))]
         return rows if _is_batch(image) else rows[0]
 
@@ -606,10 +602,12 @@ class Pipeline:
         return [outs[b] for b in best]
 
     @torch.inference_mode()
-    def _target_loglik(self, examples: Sequence[Example], targets: Sequence[list[int]]) -> np.ndarray:
-        """Sum of log-probabilities of each target (global ids) after its example's prompt (teacher forcing)."""
+    def _target_loglik(self, examples: Sequence[Example], targets: Sequence[list[int]],
+                       batch_size: int | None = None) -> np.ndarray:
+        """Sum of log-probabilities of each target (global ids) after its example's prompt (teacher
+        forcing), ``batch_size`` rows at a time (default: four times the pipeline's)."""
         scores: list[float] = []
-        bs = int(self.batch_size) * 4
+        bs = int(batch_size or self.batch_size * 4)
         for i in range(0, len(examples), bs):
             chunk, tg = list(examples[i:i + bs]), list(targets[i:i + bs])
             batch = self._collate(chunk)

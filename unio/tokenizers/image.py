@@ -262,22 +262,6 @@ class ImageTokenizer(nn.Module):
         """
         return self._hash(skip_config=("training",))
 
-    def has_refiner(self, kind: str) -> bool:
-        """Whether decoded ``kind`` maps ("depth", "mask") can be refined with the picture as a guide."""
-        return kind in self.refiners
-
-    def add_refiner(self, kind: str, config: RefinerConfig | None = None) -> GuidedRefiner:
-        """A new (untrained) image-guided refiner for ``kind``; it changes neither codes nor decoder."""
-        if kind not in REFINABLE:
-            raise TokenizerError(f"refiners can serve {', '.join(REFINABLE)}, not {kind!r}")
-        if kind in self.refiners:
-            raise TokenizerError(f"this tokenizer already has a {kind} refiner")
-        config = config or RefinerConfig()
-        self.refiners[kind] = GuidedRefiner(config).to(self.device)
-        self.config.refiners = {**self.config.refiners, kind: config.to_dict()}
-        self.config.refiners = dict(sorted(self.config.refiners.items()))
-        return self.refiners[kind]
-
     @property
     def codes_fingerprint(self) -> str:
         """sha256 of what decides the codes: the config (less ``training`` and ``weights_dtype``)
@@ -314,6 +298,23 @@ class ImageTokenizer(nn.Module):
         dtype = getattr(torch, self.config.weights_dtype)
         return {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
                 for k, v in self.state_dict().items()}
+
+    # -- refiners
+
+    def has_refiner(self, kind: str) -> bool:
+        """Whether decoded ``kind`` maps ("depth", "mask") can be refined with the picture as a guide."""
+        return kind in self.refiners
+
+    def add_refiner(self, kind: str, config: RefinerConfig | None = None) -> GuidedRefiner:
+        """A new (untrained) image-guided refiner for ``kind``; it changes neither codes nor decoder."""
+        if kind not in REFINABLE:
+            raise TokenizerError(f"refiners can serve {', '.join(REFINABLE)}, not {kind!r}")
+        if kind in self.refiners:
+            raise TokenizerError(f"this tokenizer already has a {kind} refiner")
+        config = config or RefinerConfig()
+        self.refiners[kind] = GuidedRefiner(config).to(self.device)
+        self.config.refiners = dict(sorted({**self.config.refiners, kind: config.to_dict()}.items()))
+        return self.refiners[kind]
 
     # -- the network, differentiable (used by training)
 

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError, ImageError, TokenizerError
-from .dense import depth_to_image, image_to_depth, image_to_mask, mask_to_image
+from ..metrics import depth_metrics
+from .dense import depth_to_image, mask_to_image
 from .image import ImageTokenizer, ImageTokenizerConfig
 from .refine import REFINABLE, RefinerConfig
 
@@ -126,7 +127,7 @@ class DatasetGuidedSource:
         """As :meth:`ShapesSource.guided`, plus ``valid`` depth pixels and ``has_mask`` per scene."""
         from ..images import letterbox
         from ..tasks.dense import letterbox_array
-        S, (lo, hi) = self.size, self.depth_range
+        S, hi = self.size, self.depth_range[1]
         rgb, depth, valid, mask, has_mask = [], [], [], [], []
         for i in indices:
             i = int(i)
@@ -324,9 +325,9 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
 
         def depth_errors(pred, into_absrel, into_rmse):
             for obj, p, d in zip(objects, pred, depth):
-                err = p[obj] - d[obj]
-                into_absrel.append(float(np.mean(np.abs(err) / d[obj])))
-                into_rmse.append(float(np.sqrt(np.mean(err ** 2))))
+                m = depth_metrics(p, d, obj)
+                into_absrel.append(m["absrel"])
+                into_rmse.append(m["rmse"])
 
         depth_errors(tok.decode_depth(codes), absrel, rmse)
         if tok.has_refiner("depth"):
@@ -378,7 +379,7 @@ def evaluate_guided(tok: ImageTokenizer, source: DatasetGuidedSource, n: int = 1
                 continue
             for p, d, v in zip(tok.decode_depth(codes, guide=guide), truth, valid):
                 if v.any():
-                    out[key].append(float(np.mean(np.abs(p[v] - d[v]) / d[v])))
+                    out[key].append(depth_metrics(p, d, v)["absrel"])
         rows = b["has_mask"].numpy()
         if rows.any():
             m = b["mask"].numpy()[rows]
