@@ -14,6 +14,7 @@ from PIL import Image
 import unio
 from conftest import MICRO, shipped_tokenizers
 from unio.errors import BoxError, CheckpointError, ImageError, InputError, TaskError, VocabMismatchError
+from unio.images import letterbox
 from unio.pipeline import Pipeline, Run, init_export, load_export
 from unio.tasks import Box, Detection, Label, get_task
 
@@ -406,13 +407,63 @@ def test_candidates_keep_the_sample_the_text_explains_best(micro_fast_export, mo
     monkeypatch.setattr(pipe, "_generate", spy)
     monkeypatch.setattr(pipe, "_target_loglik", loglik)
     texts = ["a small red circle", "a large blue square"]
-    images = pipe.generate_image(texts, seed=0, candidates=3)
+    images = pipe.generate_image(texts, seed=0, candidates=3, rerank="pmi")
     assert seen["rows"] == 6 and calls == [(6, True), (6, True)]
     task = get_task("generate_image")
     for j, image in enumerate(images):
         assert np.array_equal(np.asarray(image), np.asarray(task.parse(seen["outs"][j * 3 + 2][0], pipe.ctx)))
-    pipe.generate_image(texts, seed=0, candidates=3, guidance=2.0)
+    pipe.generate_image(texts, seed=0, candidates=3, guidance=2.0, rerank="pmi")
     assert seen["rows"] == 12  # each candidate has its unconditional row
+
+
+def test_caption_rerank_scores_each_drawn_picture_against_its_text(micro_fast_export, monkeypatch):
+    pipe = unio.load(micro_fast_export, device="cpu")
+    assert "caption" in pipe.tasks
+    seen, calls = {}, []
+    generate = pipe._generate
+
+    def spy(rows, *args, **kwargs):
+        seen["outs"] = generate(rows, *args, **kwargs)
+        return seen["outs"]
+
+    def loglik(examples, targets):  # the caption of the middle sample of each text fits best
+        calls.append((examples, targets))
+        return np.array([float(i % 3 == 1) for i in range(len(examples))])
+
+    monkeypatch.setattr(pipe, "_generate", spy)
+    monkeypatch.setattr(pipe, "_target_loglik", loglik)
+    texts = ["a small red circle", "a large blue square"]
+    images = pipe.generate_image(texts, seed=0, candidates=3)  # caption is the default reranker
+    assert len(calls) == 1
+    examples, targets = calls[0]
+    task = get_task("generate_image")
+    eos = pipe.ctx.vocab.eos_id
+    for j, text in enumerate(texts):
+        for c in range(3):
+            row, drawn = examples[j * 3 + c], task.parse(seen["outs"][j * 3 + c][0], pipe.ctx)
+            assert row.task == "caption" and targets[j * 3 + c] == pipe.ctx.encode_text(text) + [eos]
+            assert row.prompt == get_task("caption").build({"image": drawn}, pipe.ctx).prompt
+            diff = np.abs(np.asarray(row.image, np.int16) - np.asarray(letterbox(drawn, pipe.ctx.image_size)[0], np.int16))
+            assert diff.max() <= 1, diff.max()  # decoded in one batch vs alone: rounding only
+        assert np.array_equal(np.asarray(images[j]), np.asarray(task.parse(seen["outs"][j * 3 + 1][0], pipe.ctx)))
+
+
+def test_rerank_is_checked_and_falls_back_to_pmi_without_a_caption_prompt(micro_fast_export, monkeypatch):
+    pipe = unio.load(micro_fast_export, device="cpu")
+    with pytest.raises(InputError, match="rerank must be one of caption, pmi"):
+        pipe.generate_image("a small red circle", candidates=2, rerank="clip")
+    with pytest.raises(InputError, match="unknown option"):
+        pipe.run("caption", Image.new("RGB", (32, 32)), rerank="pmi")
+    example = get_task("detect").build({"image": Image.new("RGB", (32, 32))}, pipe.ctx)
+    with pytest.raises(InputError, match="generate_image only"):
+        pipe.predict_examples("detect", [example], rerank="pmi")
+    monkeypatch.setattr(type(pipe), "tasks", property(lambda self: ["generate_image"]))
+    with pytest.raises(InputError, match="has no caption prompt|caption prompt, and this model has none"):
+        pipe.generate_image("a small red circle", candidates=2, rerank="caption")
+    calls = []
+    monkeypatch.setattr(pipe, "_target_loglik", lambda examples, targets: calls.append(examples) or np.zeros(len(examples)))
+    pipe.generate_image("a small red circle", seed=0, candidates=2)
+    assert len(calls) == 2 and all(e.task == "generate_image" for e in calls[0])  # pmi: conditional, unconditional
 
 
 def test_candidates_run_for_real_and_are_checked(micro_fast_export):

@@ -47,6 +47,7 @@ IMAGE_DIR = "image"
 PROMPTS_DIR = "prompts"
 EXPORT_FILES = ("config.json", "model.safetensors", TEXT_NAME, META_NAME)
 # transformers generate() options a caller may pass through the task methods
+RERANKERS = ("caption", "pmi")  # how generate_image chooses among candidates
 GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
                               "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size"})
 
@@ -415,13 +416,16 @@ class Pipeline:
         return self._call("depth", image, {}, batch_size, gen, prompt=prompt, refine=bool(refine))
 
     def generate_image(self, text, *, guidance=None, top_k=None, top_p=None, temperature=None, seed=None,
-                       candidates=None, size=None, prompt=None, batch_size=None, **gen):
+                       candidates=None, rerank=None, size=None, prompt=None, batch_size=None, **gen):
         """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance (1: none).
 
-        ``candidates`` = k > 1 samples k images per text and keeps the one the text explains best
-        (largest log p(image | text) - log p(image) under the model; k times the sampling cost).
-        Options left at None take the model's ``task_defaults`` (``unio.json``), else top_p 0.9,
-        temperature 1.0, no guidance and one candidate.
+        ``candidates`` = k > 1 samples k images per text and keeps the one that matches the text
+        best by ``rerank``: ``"caption"`` (the default where the model has a caption prompt), the
+        text's log-likelihood as the caption of each drawn picture under the model itself;
+        ``"pmi"``, log p(image | text) - log p(image) under the model, which needs no caption
+        prompt. Either costs about k times the sampling. Options left at None take the model's
+        ``task_defaults`` (``unio.json``), else top_p 0.9, temperature 1.0, no guidance and one
+        candidate.
         """
         single = isinstance(text, str)
         texts = [text] if single else list(text)
@@ -429,7 +433,7 @@ class Pipeline:
             raise InputError("generate_image got an empty list of texts")
         items = [({}, {"text": t}) for t in texts]
         sampling = dict(guidance=guidance, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-                        candidates=candidates)
+                        candidates=candidates, rerank=rerank)
         out = self._predict("generate_image", items, batch_size, gen, prompt=prompt, **sampling)
         if size is not None:
             out = [im.resize(tuple(size), Image.BICUBIC) for im in out]
@@ -565,6 +569,7 @@ class Pipeline:
         if k > 1 and not hasattr(task, "unconditional"):
             raise InputError(f"candidates (sample several, keep the best) is available for generate_image only, "
                              f"not {task_name}")
+        rerank = self._rerank(task_name, options.pop("rerank", None))
         bs = int(batch_size or self.batch_size)
         results = []
         for i in range(0, len(examples), bs):
@@ -576,29 +581,51 @@ class Pipeline:
             rows = cond + [task.unconditional(self.ctx)] * len(cond) if guidance is not None else cond
             outs = self._generate(rows, processors, gen_kw, task.needs_scores)
             if k > 1:
-                outs = self._best_of(task, cond, outs, k)
+                outs = self._best_of(task, cond, outs, k, rerank)
             for ex, (ids, lp, raw) in zip(chunk, outs):
                 results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
                                           image=ex.image, refine=options.get("refine", True)))
         return results
 
-    def _best_of(self, task, cond: list, outs: list, k: int) -> list:
-        """Of each example's ``k`` samples, the one the text explains best: the largest
-        log p(codes | prompt) - log p(codes | unconditional prompt), the pointwise mutual information
-        of image and text under the model (the implicit classifier of classifier-free guidance,
-        Ho & Salimans, 2022), so a sample is kept for matching its text, not for being plain.
+    def _rerank(self, task_name: str, rerank) -> str:
+        """The checked ``rerank`` option: how best-of-k chooses among candidates."""
+        if rerank is not None and task_name != "generate_image":
+            raise InputError(f"rerank (how candidates are chosen) is available for generate_image only, not {task_name}")
+        if rerank is None:
+            return "caption" if "caption" in self.tasks else "pmi"
+        if rerank not in RERANKERS:
+            raise InputError(f"rerank must be one of {', '.join(RERANKERS)}, got {rerank!r}")
+        if rerank == "caption" and "caption" not in self.tasks:
+            raise InputError("rerank='caption' scores pictures with the model's caption prompt, and this model has "
+                             f"none (its tasks: {', '.join(self.tasks)}); use rerank='pmi'")
+        return rerank
 
-        The codes scored are those of the picture as drawn (decoded, then encoded again): sampled
-        codes the decoder draws alike score alike, so the choice follows what the picture shows.
+    def _best_of(self, task, cond: list, outs: list, k: int, rerank: str = "pmi") -> list:
+        """Of each example's ``k`` samples, the one that matches its text best.
+
+        ``rerank="caption"``: the text's log-likelihood as the caption of the drawn picture (the
+        model read as an image-to-text scorer, as DALL-E reranked its samples with CLIP, Ramesh et
+        al., 2021). ``rerank="pmi"``: log p(codes | prompt) - log p(codes | unconditional prompt),
+        the pointwise mutual information of image and text under the model (the implicit classifier
+        of classifier-free guidance, Ho & Salimans, 2022), so a sample is kept for matching its
+        text, not for being plain; the codes scored are those of the picture as drawn (decoded,
+        then encoded again), so sampled codes the decoder draws alike score alike.
         """
         from .tasks.dense import image_codes
         tok, vocab = self.ctx.image_tokenizer, self.ctx.vocab
         sampled = torch.as_tensor(np.stack([image_codes(ids, self.ctx) for ids, _, _ in outs[: len(cond)]]))
-        drawn = torch.cat([tok.encode(tok.decode(sampled[i:i + 64])) for i in range(0, len(sampled), 64)])
-        targets = [[int(t) for t in vocab.image_ids(c.flatten().cpu().numpy())] + [vocab.eos_id] for c in drawn]
-        pmi = self._target_loglik(cond, targets) - self._target_loglik([task.unconditional(self.ctx)] * len(cond),
-                                                                        targets)
-        best = [j * k + int(np.argmax(pmi[j * k:(j + 1) * k])) for j in range(len(cond) // k)]
+        pictures = [tok.decode(sampled[i:i + 64]) for i in range(0, len(sampled), 64)]
+        if rerank == "caption":
+            from .tasks.image_gen import to_pil
+            caption = get_task("caption")
+            rows = [caption.build({"image": to_pil(p)}, self.ctx) for chunk in pictures for p in chunk]
+            score = self._target_loglik(rows, [self.ctx.encode_text(ex.meta["text"]) + [vocab.eos_id] for ex in cond])
+        else:
+            drawn = torch.cat([tok.encode(p) for p in pictures])
+            targets = [[int(t) for t in vocab.image_ids(c.flatten().cpu().numpy())] + [vocab.eos_id] for c in drawn]
+            score = self._target_loglik(cond, targets) - self._target_loglik(
+                [task.unconditional(self.ctx)] * len(cond), targets)
+        best = [j * k + int(np.argmax(score[j * k:(j + 1) * k])) for j in range(len(cond) // k)]
         return [outs[b] for b in best]
 
     @torch.inference_mode()

@@ -27,6 +27,12 @@ from .dense import image_codes
 from .text import _texts
 
 
+def to_pil(pixels) -> Image.Image:
+    """A decoded picture, float (3, H, W) in [0, 1], as an 8-bit RGB PIL image."""
+    arr = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
 class ImageTask(Task):
     def logits_processors(self, ctx, example: Example | None = None, *, guidance=None, top_k=None, top_p=0.9,
                           temperature=1.0, seed=None, **overrides) -> list:
@@ -46,9 +52,7 @@ class ImageTask(Task):
         return [int(i) for i in ctx.vocab.image_ids(codes)] + [ctx.vocab.eos_id]
 
     def _decode(self, ids, ctx) -> Image.Image:
-        pixels = ctx.image_tokenizer.decode(image_codes(ids, ctx)[None])[0]  # (3, T, T) in [0, 1]
-        arr = (pixels.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        return Image.fromarray(arr)
+        return to_pil(ctx.image_tokenizer.decode(image_codes(ids, ctx)[None])[0])
 
     def metric(self, predictions, examples) -> dict[str, float]:
         """PSNR against the target image (inpainting: inside the box only)."""
