@@ -727,9 +727,9 @@ class Pipeline:
             elif seg.kind == "image":
                 if ctx.image_tokenizer is not None and len(seg.ids) == ctx.image_codes:
                     from .tasks.dense import image_codes
+                    from .tasks.image_gen import to_pil
                     pixels = ctx.image_tokenizer.decode(image_codes(ctx.vocab.image_ids(seg.ids), ctx)[None])[0]
-                    arr = (pixels.float().permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-                    runs.append(Run("image", Image.fromarray(arr)))
+                    runs.append(Run("image", to_pil(pixels)))
                 else:
                     runs.append(Run("codes", list(seg.ids)))
         return runs
