@@ -128,7 +128,30 @@ def test_region_tasks_and_images(model, images, tmp_path):
     assert Image.open(read_jsonl(tmp_path / "g.jsonl")[0]["image_png"]).size == (64, 64)
 
 
+def test_out_may_name_the_picture_itself(model, images, tmp_path):
+    code, out, err = predict("generate_image", "--model", model, "--text", "a red circle", "--out", tmp_path / "g.png")
+    assert code == 0 and out == "", err
+    assert Image.open(tmp_path / "g.png").size == (64, 64) and not (tmp_path / "g_files").exists()
+    code, out, err = predict("inpaint", "--model", model, images[0], "--box", "10,10,100,100", "--text", "a star",
+                             "--out", tmp_path / "sub" / "i.jpg")
+    assert code == 0 and out == "", err
+    with Image.open(tmp_path / "sub" / "i.jpg") as im:
+        assert im.format == "JPEG" and im.size == (W, H)
+    code, _, err = predict("depth", "--model", model, images[1], "--out", tmp_path / "d.npy")
+    assert code == 0, err
+    depth = np.load(tmp_path / "d.npy")
+    assert depth.shape == (H, W) and depth.dtype == np.float32
+    code, _, err = predict("depth", "--model", model, images[1], "--out", tmp_path / "d.png")
+    assert code == 0, err
+    assert Image.open(tmp_path / "d.png").size == (W, H)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["caption", "--model", "M", "I", "--out", "x.png"], "names a picture file, but caption writes JSON records"),
+    (["inpaint", "--model", "M", "I", "I", "--box", "1,1,5,5", "--text", "x", "--out", "x.png"],
+     "names one picture, but 2 images were given"),
+    (["generate_image", "--model", "M", "--text", "x", "--out", "x.npy"], ".npy holds depth maps"),
+    (["depth", "--model", "M", "I", "--out", "x.png", "--viz", "v"], "nothing for --viz to draw"),
     (["colorize", "--model", "M", "I"], "unknown task 'colorize'; choose one of: caption"),
     (["vqa", "--model", "M", "I"], "needs --text (the question)"),
     (["ground", "--model", "M", "I"], "needs --text (the expression)"),

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", help="question / expression / prompt text the task needs")
     s.add_argument("--labels", help="comma-separated label set for classify")
     s.add_argument("--box", help="x1,y1,x2,y2 pixel box for region tasks and inpaint")
-    s.add_argument("--out", help="predictions file (.jsonl, or .json with --format coco)")
+    s.add_argument("--out", help="predictions file (.jsonl, or .json with --format coco); for generate_image, "
+                   "inpaint and depth on one image it may name the picture itself (.png, .jpg; depth also .npy)")
     s.add_argument("--viz", help="folder for pictures of the predictions")
     s.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     s.add_argument("--batch-size", type=int, default=16)

@@ -7,6 +7,10 @@ images as files (.npy / .png) next to the predictions. ``--viz`` draws pictures 
 predictions; ``--format coco`` writes detection results that pycocotools' ``COCO.loadRes``
 reads (plus ``<out>.categories.json`` naming the category ids).
 
+For the tasks whose answer is a picture (generate_image, inpaint, depth) ``--out`` may instead
+name that picture (``--out cat.png``; for depth also ``.npy``, the raw float32 map): it is
+written there and nothing else, which needs exactly one answer.
+
 Every input is checked before the model is loaded, so a typo fails in a second with one message.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ TEXT_ROLE = {"caption": None, "vqa": "question", "classify": None, "detect": Non
              "describe_region": None, "classify_region": None, "segment": "expression", "depth": None,
              "generate_image": "text", "inpaint": "text"}
 NEEDS_BOX = {"describe_region", "classify_region", "inpaint"}
+PICTURE_TASKS = {"generate_image", "inpaint", "depth"}  # answers that --out may name as a picture file
 
 
 def main(args) -> int:
@@ -56,11 +61,15 @@ def main(args) -> int:
     options = options_for(task, parsed, several_tasks=False)
     images = _image_paths(args.images, task)
     out = Path(args.out) if args.out else None
+    picture_out = _picture_out(task, out, images, args)
     files = Path(args.viz) if args.viz else (out.parent / f"{out.stem}_files" if out else Path("unio-predict-files"))
     viz = Path(args.viz) if args.viz else None
 
     import unio
     pipe = unio.load(args.model, device=args.device)
+    if picture_out:
+        _write_picture(pipe, task, images, args, box, options, out)
+        return 0
     records = []
     if task == "generate_image":
         files.mkdir(parents=True, exist_ok=True)
@@ -72,6 +81,55 @@ def main(args) -> int:
         records = _run_images(pipe, task, images, args, box, files, viz, options)
     _write(records, task, out, args.format, pipe)
     return 0
+
+
+def _picture_out(task: str, out: Path | None, images: list, args) -> bool:
+    """Whether ``--out`` names the answer's picture itself rather than a predictions file; a
+    picture path that cannot be written that way is an error before anything runs."""
+    if out is None:
+        return False
+    suffix = out.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES and suffix != ".npy":
+        return False
+    if task not in PICTURE_TASKS:
+        raise InputError(f"--out {out} names a picture file, but {task} writes JSON records; give a .jsonl "
+                         "path, or leave --out out to print them")
+    if suffix == ".npy" and task != "depth":
+        raise InputError(f"--out {out}: .npy holds depth maps; {task} writes a picture (.png, .jpg, ...)")
+    if args.viz:
+        raise InputError(f"--out {out} names the picture itself, so there is nothing for --viz to draw; "
+                         "drop --viz, or write predictions with --out preds.jsonl")
+    n = 1 if task == "generate_image" else len(images)
+    if n != 1:
+        raise InputError(f"--out {out} names one picture, but {n} images were given; give a .jsonl path "
+                         f"(the pictures then go to {out.stem}_files/ beside it), or one image")
+    return True
+
+
+def _write_picture(pipe, task: str, images: list, args, box, options: dict, out: Path) -> None:
+    from . import viz as draw
+    from .images import load_image
+    if task == "generate_image":
+        result = pipe.generate_image(args.text, **options)
+    else:
+        pil = load_image(images[0])
+        result = _call(pipe, task, [pil], args.text, box, None, 1, options)[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if task == "depth":
+        if out.suffix.lower() == ".npy":
+            np.save(out, result.astype(np.float32))
+        else:
+            _save_picture(draw.colorize_depth(result), out)
+    else:
+        _save_picture(result, out)
+    print(f"wrote the {task} picture to {out}", file=sys.stderr)
+
+
+def _save_picture(picture, out: Path) -> None:
+    try:
+        picture.save(out)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"could not write {out} ({e}); use a .png path") from None
 
 
 def _run_images(pipe, task, paths, args, box, files: Path, viz: Path | None, options: dict) -> list[dict]:
