@@ -193,7 +193,12 @@ def test_consistency_counts_requested_objects_found():
     assert fake.calls == 3  # the image that asks for nothing is not run
     assert got["consistency"] == pytest.approx(1 / 3)
     assert got["object_recall"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert got["by_objects"] == {"2": pytest.approx(1 / 3)}
     assert math.isnan(consistency(fake, ["a"], [[]])["consistency"])
+    fake = FakeDetector([[d("red circle")], [d("blue square")], [d("red circle"), d("blue square")]])
+    got = consistency(fake, ["a", "b", "c"], [["red circle"], ["red circle"], ["blue square", "red circle"]])
+    assert got["by_objects"] == {"1": 0.5, "2": 1.0} and got["consistency"] == pytest.approx(2 / 3)
+    assert "by_objects 1:0.5000,2:1.0000" in format_table({"generate_image": {**got, "n": 3, "seconds": 1.0}})
 
 
 def test_generate_image_reference_runs_the_detector_on_the_target_codes():
@@ -220,6 +225,7 @@ def test_generate_image_reference_runs_the_detector_on_the_target_codes():
     got = _score(pipe, Task(), ["generated0", "generated1"], [ex([5, 1]), ex([6, 1])], [sample, sample], 2)
     assert got["consistency"] == 0 and got["object_recall"] == 0
     assert got["reference_consistency"] == 1 and got["reference_object_recall"] == 1
+    assert got["by_objects"] == {"1": 0.0} and got["reference_by_objects"] == {"1": 1.0}
     assert pipe.seen == ["generated0", "generated1", "target[5, 1]", "target[6, 1]"]
 
 

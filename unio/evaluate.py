@@ -301,7 +301,10 @@ def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
 
     - ``consistency``: the fraction of images in which every requested object is found (the
       all-or-nothing rule of object-focused benchmarks such as GenEval, Ghosh et al., 2023);
-    - ``object_recall``: the mean over images of the fraction of requested objects found.
+    - ``object_recall``: the mean over images of the fraction of requested objects found;
+    - ``by_objects``: ``consistency`` over the images that request 1, 2, ... objects
+      (``{"1": ..., "2": ...}``), which tells a generator that draws one object well from one
+      that composes scenes.
 
     Images that request nothing are left out; both are NaN when none is left. ``found_out``, a
     list, receives per image the number of requested objects found (None where nothing was
@@ -311,7 +314,8 @@ def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
     if not keep:
         if found_out is not None:
             found_out.extend([None] * len(requested))
-        return {"consistency": float("nan"), "object_recall": float("nan"), "threshold": float(threshold)}
+        return {"consistency": float("nan"), "object_recall": float("nan"), "threshold": float(threshold),
+                "by_objects": {}}
     detections = []
     for start in range(0, len(keep), batch_size):
         chunk = [images[k] for k in keep[start:start + batch_size]]
@@ -327,8 +331,12 @@ def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
         recall.append(found / sum(want.values()))
     if found_out is not None:
         found_out.extend(found_per_image)
+    by_count: dict[int, list[bool]] = {}
+    for k, ok in zip(keep, complete):
+        by_count.setdefault(len(requested[k]), []).append(ok)
     return {"consistency": float(np.mean(complete)), "object_recall": float(np.mean(recall)),
-            "threshold": float(threshold)}
+            "threshold": float(threshold),
+            "by_objects": {str(c): float(np.mean(v)) for c, v in sorted(by_count.items())}}
 
 
 def _requested(example, sample) -> list[str]:
@@ -408,6 +416,7 @@ def _score(pipe, task, predictions, examples, samples, batch_size: int, found: l
         reference = consistency(pipe, [task.parse(e.labels, pipe.ctx) for e in examples], requested, batch_size)
         metrics["reference_consistency"] = reference["consistency"]
         metrics["reference_object_recall"] = reference["object_recall"]
+        metrics["reference_by_objects"] = reference["by_objects"]
         return metrics
     metrics = dict(task.metric(predictions, examples))
     if name in ("caption", "describe_region"):
@@ -624,6 +633,8 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
 
 # ---------------------------------------------------------------------- output
 def _fmt(v) -> str:
+    if isinstance(v, dict):  # e.g. generate_image.by_objects: 1:0.9000,2:0.5000
+        return ",".join(f"{k}:{_fmt(x)}" for k, x in v.items()) or "-"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4f}" if abs(v) < 1000 else f"{v:.4g}"
     return str(v)
