@@ -145,8 +145,11 @@ class DatasetGuidedSource:
                 valid.append(letterbox_array(ok, S, False, nearest=True))
             objects = [o for o in s.get("objects") or [] if o.get("mask") is not None]
             has_mask.append(bool(objects))
-            m = objects[(i // 7) % len(objects)]["mask"] if objects else np.zeros((S, S), bool)
-            mask.append(letterbox_array(np.asarray(m, dtype=bool), S, False, nearest=True) if objects else m)
+            if objects:
+                m = np.asarray(objects[(i // 7) % len(objects)]["mask"], dtype=bool)
+                mask.append(letterbox_array(m, S, False, nearest=True))
+            else:
+                mask.append(np.zeros((S, S), bool))
         return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": torch.from_numpy(np.stack(depth)),
                 "valid": torch.from_numpy(np.stack(valid)), "mask": torch.from_numpy(np.stack(mask)),
                 "has_mask": torch.tensor(has_mask)}
@@ -240,7 +243,9 @@ def train_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, x: torch.Tensor,
 
 def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                 kinds: tuple[str, ...]) -> dict[str, float]:
-    """One step of the refiners named in ``kinds`` on a :meth:`ShapesSource.guided` batch.
+    """One step of the refiners named in ``kinds`` on a ``guided`` batch (:class:`ShapesSource`,
+    :class:`DatasetGuidedSource`): ``rgb``, ``depth`` with its ``valid`` pixels, ``mask`` with
+    ``has_mask`` per scene.
 
     The encoder, quantizer and decoder run frozen; each map is encoded and decoded as the model's
     codes would be, and its refiner learns to move the decoded map onto the truth with the
@@ -256,7 +261,7 @@ def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str
         grey = tok.decode(tok.encode(torch.as_tensor(depth_to_image(truth, hi, min_depth=lo)))).mean(1, keepdim=True)
         tok.refiners["depth"].train()
         pred = lo + tok.refiners["depth"](grey, rgb)[:, 0] * (hi - lo)
-        valid = batch["valid"].to(device) if "valid" in batch else truth > 0
+        valid = batch["valid"].to(device)
         rel = (pred - truth).abs() / truth.clamp_min(1e-3 * (hi - lo))
         terms["depth"] = rel[valid].mean() if valid.any() else rel.sum() * 0
         loss = loss + terms["depth"]
@@ -265,8 +270,7 @@ def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str
         grey = tok.decode(tok.encode(torch.as_tensor(mask_to_image(truth)))).mean(1, keepdim=True)
         tok.refiners["mask"].train()
         pred = tok.refiners["mask"](grey, rgb)[:, 0].clamp(1e-4, 1 - 1e-4)
-        rows = batch["has_mask"].to(device) if "has_mask" in batch else torch.ones(len(truth), dtype=torch.bool,
-                                                                                   device=device)
+        rows = batch["has_mask"].to(device)
         bce = torch.nn.functional.binary_cross_entropy(pred, truth.float(), reduction="none")
         terms["mask"] = bce[rows].mean() if rows.any() else bce.sum() * 0
         loss = loss + terms["mask"]
