@@ -433,7 +433,7 @@ def test_caption_rerank_scores_each_drawn_picture_against_its_text(micro_fast_ex
     monkeypatch.setattr(pipe, "_generate", spy)
     monkeypatch.setattr(pipe, "_target_loglik", loglik)
     texts = ["a small red circle", "a large blue square"]
-    images = pipe.generate_image(texts, seed=0, candidates=3)  # caption is the default reranker
+    images = pipe.generate_image(texts, seed=0, candidates=3, rerank="caption")
     assert len(calls) == 1
     examples, targets = calls[0]
     task = get_task("generate_image")
@@ -448,9 +448,73 @@ def test_caption_rerank_scores_each_drawn_picture_against_its_text(micro_fast_ex
         assert np.array_equal(np.asarray(images[j]), np.asarray(task.parse(seen["outs"][j * 3 + 1][0], pipe.ctx)))
 
 
+def test_candidates_bound_the_rows_of_each_generate_call(micro_fast_export, monkeypatch):
+    import unio.pipeline as pipeline_module
+    pipe = unio.load(micro_fast_export, device="cpu")
+    rows_per_call = []
+    generate = pipe._generate
+
+    def spy(rows, *args, **kwargs):
+        rows_per_call.append(len(rows))
+        return generate(rows, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "_generate", spy)
+    monkeypatch.setattr(pipe, "_target_loglik", lambda ex, tg: np.zeros(len(ex)))
+    monkeypatch.setattr(pipeline_module, "CANDIDATE_ROWS", 6)
+    images = pipe.generate_image(["a small red circle"] * 3, seed=0, candidates=3, rerank="pmi", batch_size=8)
+    assert len(images) == 3 and rows_per_call == [6, 3]  # two texts' candidates, then the third's
+    rows_per_call.clear()
+    pipe.generate_image(["a small red circle"] * 3, seed=0, candidates=3, guidance=2.0, rerank="pmi", batch_size=8)
+    assert rows_per_call == [12, 6]  # guidance adds an unconditional row per candidate
+
+
+def test_text_recall_counts_words_and_pairs_in_any_order():
+    from unio.pipeline import text_recall
+    # 9 words + 8 pairs wanted; the reordered caption lacks only the pair ("star", "and")
+    assert text_recall("a small red star and a large blue circle.", "A large blue circle and a small red star") \
+        == pytest.approx(16 / 17)
+    assert text_recall("a red star", "a red circle") == pytest.approx(3 / 5)  # a, red, (a red) of a, red, star + 2 pairs
+    assert text_recall("two stars", "two two stars stars") == 1.0
+    assert text_recall("a a", "a") == pytest.approx(1 / 3)  # repeats count: one "a" of two, no ("a", "a")
+    assert text_recall("", "anything") == 1.0  # nothing asked, nothing missed
+
+
+def test_recaption_rerank_keeps_the_picture_whose_caption_names_the_text(micro_fast_export, monkeypatch):
+    pipe = unio.load(micro_fast_export, device="cpu")
+    seen = {}
+    generate, predict = pipe._generate, pipe.predict_examples
+
+    def spy(rows, *args, **kwargs):
+        seen["outs"] = generate(rows, *args, **kwargs)
+        return seen["outs"]
+
+    said = {}
+
+    def captions(task_name, examples, **kwargs):  # the model's own captions of the drawn pictures
+        if task_name != "caption":
+            return predict(task_name, examples, **kwargs)
+        assert all(e.task == "caption" for e in examples)
+        return [said[i % 3] for i in range(len(examples))]
+
+    monkeypatch.setattr(pipe, "_generate", spy)
+    monkeypatch.setattr(pipe, "predict_examples", captions)
+    # the likelihood prefers the middle candidate of each text
+    monkeypatch.setattr(pipe, "_target_loglik", lambda ex, tg: np.array([float(i % 3 == 1) for i in range(len(ex))]))
+    task = get_task("generate_image")
+    texts = ["a small red circle", "a small red circle"]
+    said.update({0: "a large blue square", 1: "a small red square", 2: "a small red circle"})
+    images = pipe.generate_image(texts, seed=0, candidates=3)  # recaption is the default reranker
+    for j in range(2):  # only the last candidate's caption names all the text: it wins over the likelihood
+        assert np.array_equal(np.asarray(images[j]), np.asarray(task.parse(seen["outs"][j * 3 + 2][0], pipe.ctx)))
+    said.update({0: "a small red circle", 1: "a small red circle", 2: "a small red circle"})
+    images = pipe.generate_image(texts, seed=0, candidates=3, rerank="recaption")
+    for j in range(2):  # captions tie: the likelihood decides
+        assert np.array_equal(np.asarray(images[j]), np.asarray(task.parse(seen["outs"][j * 3 + 1][0], pipe.ctx)))
+
+
 def test_rerank_is_checked_and_falls_back_to_pmi_without_a_caption_prompt(micro_fast_export, monkeypatch):
     pipe = unio.load(micro_fast_export, device="cpu")
-    with pytest.raises(InputError, match="rerank must be one of caption, pmi"):
+    with pytest.raises(InputError, match="rerank must be one of recaption, caption, pmi"):
         pipe.generate_image("a small red circle", candidates=2, rerank="clip")
     with pytest.raises(InputError, match="unknown option"):
         pipe.run("caption", Image.new("RGB", (32, 32)), rerank="pmi")
@@ -458,8 +522,9 @@ def test_rerank_is_checked_and_falls_back_to_pmi_without_a_caption_prompt(micro_
     with pytest.raises(InputError, match="generate_image only"):
         pipe.predict_examples("detect", [example], rerank="pmi")
     monkeypatch.setattr(type(pipe), "tasks", property(lambda self: ["generate_image"]))
-    with pytest.raises(InputError, match="has no caption prompt|caption prompt, and this model has none"):
-        pipe.generate_image("a small red circle", candidates=2, rerank="caption")
+    for rerank in ("caption", "recaption"):
+        with pytest.raises(InputError, match="caption prompt, and this model has none"):
+            pipe.generate_image("a small red circle", candidates=2, rerank=rerank)
     calls = []
     monkeypatch.setattr(pipe, "_target_loglik", lambda examples, targets: calls.append(examples) or np.zeros(len(examples)))
     pipe.generate_image("a small red circle", seed=0, candidates=2)

@@ -21,6 +21,8 @@ import contextlib
 import functools
 import json
 import platform
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,10 +49,26 @@ IMAGE_DIR = "image"
 PROMPTS_DIR = "prompts"
 EXPORT_FILES = ("config.json", "model.safetensors", TEXT_NAME, META_NAME)
 # transformers generate() options a caller may pass through the task methods
-RERANKERS = ("caption", "pmi")  # how generate_image chooses among candidates
+RERANKERS = ("recaption", "caption", "pmi")  # how generate_image chooses among candidates
+CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
 GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
                               "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size"})
 
+
+
+def _ngrams(text: str) -> Counter:
+    words = re.findall(r"\w+", text.lower())
+    return Counter([(w,) for w in words] + list(zip(words, words[1:])))
+
+
+def text_recall(wanted: str, said: str) -> float:
+    """The share of ``wanted``'s words and adjacent word pairs (with repeats, case folded) that
+    ``said`` also contains: 1.0 when ``said`` names everything ``wanted`` names, in any order.
+    ``recaption`` reranking compares a text with the model's caption of the picture drawn for it;
+    pairs keep the attribute bound to its object ("red star" is not "red" and "star" apart)."""
+    want, got = _ngrams(wanted), _ngrams(said)
+    total = sum(want.values())
+    return sum(min(c, got[g]) for g, c in want.items()) / total if total else 1.0
 
 # task -> (Pipeline method, the per-item inputs it takes after the image, in order)
 TASK_METHODS = {"caption": ("caption", ()), "vqa": ("ask", ("question",)), "classify": ("classify", ()),
@@ -420,12 +438,14 @@ class Pipeline:
         """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance (1: none).
 
         ``candidates`` = k > 1 samples k images per text and keeps the one that matches the text
-        best by ``rerank``: ``"caption"`` (the default where the model has a caption prompt), the
-        text's log-likelihood as the caption of each drawn picture under the model itself;
-        ``"pmi"``, log p(image | text) - log p(image) under the model, which needs no caption
-        prompt. Either costs about k times the sampling. Options left at None take the model's
-        ``task_defaults`` (``unio.json``), else top_p 0.9, temperature 1.0, no guidance and one
-        candidate.
+        best by ``rerank``: ``"recaption"`` (the default where the model has a caption prompt), the
+        model captions each drawn picture and the one whose caption names most of the text
+        (:func:`text_recall`) wins, ties going to ``"caption"``, the text's log-likelihood as the
+        caption of the picture under the model itself; ``"pmi"``, log p(image | text) - log
+        p(image) under the model, which needs no caption prompt. Each costs about k times the
+        sampling (at most ``CANDIDATE_ROWS`` candidates are drawn in one batch). Options left at
+        None take the model's ``task_defaults`` (``unio.json``), else top_p 0.9, temperature 1.0,
+        no guidance and one candidate.
         """
         single = isinstance(text, str)
         texts = [text] if single else list(text)
@@ -571,6 +591,8 @@ class Pipeline:
                              f"not {task_name}")
         rerank = self._rerank(task_name, options.pop("rerank", None))
         bs = int(batch_size or self.batch_size)
+        if k > 1:  # k samples of each example share one call: keep the call's rows bounded
+            bs = max(1, min(bs, CANDIDATE_ROWS // k))
         results = []
         for i in range(0, len(examples), bs):
             chunk = list(examples[i:i + bs])
@@ -592,11 +614,11 @@ class Pipeline:
         if rerank is not None and task_name != "generate_image":
             raise InputError(f"rerank (how candidates are chosen) is available for generate_image only, not {task_name}")
         if rerank is None:
-            return "caption" if "caption" in self.tasks else "pmi"
+            return "recaption" if "caption" in self.tasks else "pmi"
         if rerank not in RERANKERS:
             raise InputError(f"rerank must be one of {', '.join(RERANKERS)}, got {rerank!r}")
-        if rerank == "caption" and "caption" not in self.tasks:
-            raise InputError("rerank='caption' scores pictures with the model's caption prompt, and this model has "
+        if rerank in ("caption", "recaption") and "caption" not in self.tasks:
+            raise InputError(f"rerank={rerank!r} scores pictures with the model's caption prompt, and this model has "
                              f"none (its tasks: {', '.join(self.tasks)}); use rerank='pmi'")
         return rerank
 
@@ -605,27 +627,36 @@ class Pipeline:
 
         ``rerank="caption"``: the text's log-likelihood as the caption of the drawn picture (the
         model read as an image-to-text scorer, as DALL-E reranked its samples with CLIP, Ramesh et
-        al., 2021). ``rerank="pmi"``: log p(codes | prompt) - log p(codes | unconditional prompt),
-        the pointwise mutual information of image and text under the model (the implicit classifier
-        of classifier-free guidance, Ho & Salimans, 2022), so a sample is kept for matching its
-        text, not for being plain; the codes scored are those of the picture as drawn (decoded,
-        then encoded again), so sampled codes the decoder draws alike score alike.
+        al., 2021). ``rerank="recaption"``: the model also captions each picture, and the picture
+        whose caption repeats most of the text's words and word pairs wins (``text_recall``), the
+        caption log-likelihood breaking ties; the likelihood alone also pays for the order the
+        text lists things in, the recall only for what the picture shows. ``rerank="pmi"``:
+        log p(codes | prompt) - log p(codes | unconditional prompt), the pointwise mutual
+        information of image and text under the model (the implicit classifier of classifier-free
+        guidance, Ho & Salimans, 2022), so a sample is kept for matching its text, not for being
+        plain; the codes scored are those of the picture as drawn (decoded, then encoded again), so
+        sampled codes the decoder draws alike score alike.
         """
         from .tasks.dense import image_codes
         tok, vocab = self.ctx.image_tokenizer, self.ctx.vocab
         sampled = torch.as_tensor(np.stack([image_codes(ids, self.ctx) for ids, _, _ in outs[: len(cond)]]))
         pictures = [tok.decode(sampled[i:i + 64]) for i in range(0, len(sampled), 64)]
-        if rerank == "caption":
+        match = np.zeros(len(cond))
+        if rerank in ("caption", "recaption"):
             from .tasks.image_gen import to_pil
             caption = get_task("caption")
             rows = [caption.build({"image": to_pil(p)}, self.ctx) for chunk in pictures for p in chunk]
             score = self._target_loglik(rows, [self.ctx.encode_text(ex.meta["text"]) + [vocab.eos_id] for ex in cond])
+            if rerank == "recaption":
+                said = self.predict_examples("caption", rows)
+                match = np.array([text_recall(ex.meta["text"], s) for ex, s in zip(cond, said)])
         else:
             drawn = torch.cat([tok.encode(p) for p in pictures])
             targets = [[int(t) for t in vocab.image_ids(c.flatten().cpu().numpy())] + [vocab.eos_id] for c in drawn]
             score = self._target_loglik(cond, targets) - self._target_loglik(
                 [task.unconditional(self.ctx)] * len(cond), targets)
-        best = [j * k + int(np.argmax(score[j * k:(j + 1) * k])) for j in range(len(cond) // k)]
+        best = [j * k + max(range(k), key=lambda c: (match[j * k + c], score[j * k + c]))
+                for j in range(len(cond) // k)]
         return [outs[b] for b in best]
 
     @torch.inference_mode()
