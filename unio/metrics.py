@@ -20,8 +20,9 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "caption_tokens", "bleu", "bleu4", "cider", "cider_scores", "normalize_answer", "exact_match", "accuracy",
-    "vqa_accuracy", "box_iou", "grounding_acc", "coco_detection_map", "mask_iou", "miou", "depth_metrics", "psnr",
+    "caption_tokens", "bleu", "bleu4", "cider", "cider_scores", "text_recall", "normalize_answer", "exact_match",
+    "accuracy", "vqa_accuracy", "box_iou", "grounding_acc", "coco_detection_map", "mask_iou", "miou", "depth_metrics",
+    "psnr",
 ]
 
 
@@ -130,6 +131,17 @@ def cider(predictions, references_list, sigma: float = 6.0) -> float:
     """Corpus CIDEr-D: the mean of :func:`cider_scores` (0 for an empty corpus)."""
     scores = cider_scores(predictions, references_list, sigma)
     return float(scores.mean()) if scores.size else 0.0
+
+
+def text_recall(wanted: str, said: str) -> float:
+    """The share of ``wanted``'s words and adjacent word pairs (with repeats, in
+    :func:`caption_tokens`) that ``said`` also contains: 1.0 when ``said`` names everything
+    ``wanted`` names, in any order. ``recaption`` reranking compares a text with the model's
+    caption of the picture drawn for it; pairs keep the attribute bound to its object ("red star"
+    is not "red" and "star" apart)."""
+    want, got = _ngrams(caption_tokens(wanted), 2), _ngrams(caption_tokens(said), 2)
+    total = sum(want.values())
+    return sum(min(c, got[g]) for g, c in want.items()) / total if total else 1.0
 
 
 # ---------------------------------------------------------------------- answers

@@ -21,8 +21,6 @@ import contextlib
 import functools
 import json
 import platform
-import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +31,7 @@ from PIL import Image
 
 from .errors import CheckpointError, InputError, TaskError, UnioError, VocabMismatchError
 from .images import FILL, letterbox, load_image, to_pixel_values
+from .metrics import text_recall
 from .resources import default_file_mode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, shapes_classes
 from .tasks.base import check_box
@@ -48,27 +47,12 @@ TEXT_NAME = "text.model"
 IMAGE_DIR = "image"
 PROMPTS_DIR = "prompts"
 EXPORT_FILES = ("config.json", "model.safetensors", TEXT_NAME, META_NAME)
-# transformers generate() options a caller may pass through the task methods
 RERANKERS = ("recaption", "caption", "pmi")  # how generate_image chooses among candidates
 CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
+# transformers generate() options a caller may pass through the task methods
 GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
                               "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size"})
 
-
-
-def _ngrams(text: str) -> Counter:
-    words = re.findall(r"\w+", text.lower())
-    return Counter([(w,) for w in words] + list(zip(words, words[1:])))
-
-
-def text_recall(wanted: str, said: str) -> float:
-    """The share of ``wanted``'s words and adjacent word pairs (with repeats, case folded) that
-    ``said`` also contains: 1.0 when ``said`` names everything ``wanted`` names, in any order.
-    ``recaption`` reranking compares a text with the model's caption of the picture drawn for it;
-    pairs keep the attribute bound to its object ("red star" is not "red" and "star" apart)."""
-    want, got = _ngrams(wanted), _ngrams(said)
-    total = sum(want.values())
-    return sum(min(c, got[g]) for g, c in want.items()) / total if total else 1.0
 
 # task -> (Pipeline method, the per-item inputs it takes after the image, in order)
 TASK_METHODS = {"caption": ("caption", ()), "vqa": ("ask", ("question",)), "classify": ("classify", ()),
