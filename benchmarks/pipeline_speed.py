@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 
 import unio
 from unio.data.shapes import ShapesWorld
-from unio.pipeline import init_export
+from unio.export import init_export
 
 hf_logging.set_verbosity_error()
 TARGET = 4.0

@@ -45,8 +45,8 @@ def write_micro_tokenizers(folder, image_tokenizer: bool = True) -> Path:
 
 def write_micro_export(out, tokenizers, **dims) -> Path:
     """An untrained export directory with the shapes classes (``unio init`` with MICRO dims)."""
-    from unio.pipeline import init_export
-    from unio.tasks import shapes_classes
+    from unio.export import init_export
+    from unio.data.shapes import shapes_classes
 
     torch.manual_seed(0)
     return init_export("tiny", tokenizers, out, classes=shapes_classes(), quiet=True, **{**MICRO, **dims})

@@ -33,8 +33,8 @@ def test_demo_writes_sheet_and_metrics(model_dir, tmp_path, capsys):
 
 
 def test_demo_without_the_shipped_model(monkeypatch, tmp_path, capsys):
-    import unio.pipeline
-    monkeypatch.setattr(unio.pipeline, "list_models", lambda: [])
+    import unio.export
+    monkeypatch.setattr(unio.export, "list_models", lambda: [])
     assert cli.main(["demo", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "shapes-demo model is not installed" in err and "unio demo --model DIR" in err
@@ -65,7 +65,7 @@ def test_demo_missing_model_dir(tmp_path, capsys):
 
 def test_shipped_demo_model(tmp_path, capsys):
     """The README's main command: the shipped model, found by name, every task, a sheet."""
-    from unio.pipeline import list_models, read_meta
+    from unio.export import list_models, read_meta
     from unio.resources import data_path
 
     assert "shapes-demo" in list_models()

@@ -15,7 +15,8 @@ import unio
 from conftest import MICRO, shipped_tokenizers
 from unio.errors import BoxError, CheckpointError, ImageError, InputError, TaskError, VocabMismatchError
 from unio.images import letterbox
-from unio.pipeline import Pipeline, Run, init_export, load_export
+from unio.export import init_export, load_export
+from unio.pipeline import Pipeline, Run
 from unio.tasks import Box, Detection, Label, get_task
 
 W, H = 300, 120
@@ -296,7 +297,7 @@ def test_unio_init_command(tmp_path):
 
 def test_swap_image_tokenizer_takes_a_decoder_that_makes_the_same_codes(micro_fast_export, tmp_path, capsys):
     from unio.cli import main as cli
-    from unio.pipeline import swap_image_tokenizer
+    from unio.export import swap_image_tokenizer
     from unio.tokenizers.image import ImageTokenizer
     own = ImageTokenizer.load(micro_fast_export / "image")
     better = ImageTokenizer.load(micro_fast_export / "image")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from unio.cli import main
-from unio.tasks import shapes_classes
+from unio.data.shapes import shapes_classes
 
 W, H = 300, 120
 

@@ -186,7 +186,7 @@ def test_refine_command_refuses_bad_flags(tmp_path, capsys, extra, message):
 
 
 def test_pipeline_refines_depth_with_the_input_picture(micro_fast_export, tmp_path, capsys):
-    from unio.pipeline import swap_image_tokenizer
+    from unio.export import swap_image_tokenizer
     own = ImageTokenizer.load(micro_fast_export / "image")
     _scramble(own.add_refiner("depth", RefinerConfig(kernel=5, channels=8, layers=3)), scale=6.0)
     own.save(tmp_path / "refined")

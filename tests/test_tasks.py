@@ -8,7 +8,8 @@ from PIL import Image
 from unio.data.shapes import ShapesWorld
 from unio.errors import BoxError, InputError, TaskError
 from unio.images import Letterbox
-from unio.tasks import TASKS, Box, Detection, Label, TaskContext, get_task, shapes_classes
+from unio.data.shapes import shapes_classes
+from unio.tasks import TASKS, Box, Detection, Label, TaskContext, get_task
 from unio.tasks.constraints import (AllowedIdsProcessor, BoxesProcessor, GuidedSampler, ImageCodesProcessor,
                                     LabelTrie, TrieProcessor)
 from unio.tasks.dense import image_codes, letterbox_array

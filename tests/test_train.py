@@ -355,7 +355,7 @@ def test_finetune_an_export_on_a_jsonl_manifest(tmp_path, monkeypatch):
     from PIL import Image
 
     import unio
-    from unio.pipeline import init_export
+    from unio.export import init_export
     from unio.train import export, train
 
     monkeypatch.chdir(ROOT)

@@ -11,7 +11,7 @@ from .errors import UnioError
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "UnioError", "__version__"]
 
-_LAZY = {"load": "pipeline", "list_models": "pipeline", "Pipeline": "pipeline"}
+_LAZY = {"load": "pipeline", "list_models": "export", "Pipeline": "pipeline"}
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@ depth, generated image) back to the caller's original size.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,12 +17,32 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import BoxError, ImageError
 
 __all__ = ["load_image", "Letterbox", "letterbox", "unletterbox", "to_pixel_values", "from_pixel_values",
-           "FILL"]
+           "check_box", "FILL", "IMAGE_EXTENSIONS"]
 
 FILL = (127, 127, 127)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what folders are read for
+
+
+def check_box(box, size: tuple[int, int] | None = None) -> tuple[float, float, float, float]:
+    """A pixel box as 4 finite floats (x1, y1, x2, y2) with x1 < x2 and y1 < y2, else a BoxError
+    saying what is wrong; with ``size`` (W, H) it must also overlap that image."""
+    if hasattr(box, "to_list"):
+        box = box.to_list()
+    try:
+        values = tuple(float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        raise BoxError(f"a box must be 4 numbers (x1, y1, x2, y2) in pixels, got {box!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise BoxError(f"a box must be 4 finite numbers (x1, y1, x2, y2) in pixels, got {box!r}")
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise BoxError(f"box {values} is empty or inverted; give corners x1 < x2 and y1 < y2 in pixels")
+    if size is not None and (x2 <= 0 or y2 <= 0 or x1 >= size[0] or y1 >= size[1]):
+        raise BoxError(f"box {values} lies outside the {size[0]}x{size[1]} image")
+    return values
 
 
 def load_image(image) -> Image.Image:

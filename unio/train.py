@@ -217,8 +217,6 @@ def _train_text_tokenizer(recipe: dict, path: Path) -> None:
 def _classes(recipe: dict, sources) -> dict:
     """Closed label sets the export records (classify without labels, detection labels): the init
     model's or the tokenizer folder's, then those the training sources declare, in first-seen order."""
-    from .tasks import shapes_classes
-
     tok = Path(recipe["model"]["init"] or recipe["tokenizers"])
     known = {}
     if recipe["model"]["init"]:
@@ -227,9 +225,6 @@ def _classes(recipe: dict, sources) -> dict:
         known = json.loads((tok / "classes.json").read_text())
     out = {k: dict.fromkeys(known.get(k, [])) for k in ("image", "object")}
     for s in sources:
-        if s.name == "shapes":
-            for k, v in shapes_classes().items():
-                out[k].update(dict.fromkeys(v))
         out["image"].update(dict.fromkeys(getattr(s, "classes", [])))
         out["object"].update(dict.fromkeys(getattr(s, "object_labels", [])))
     return {k: list(v) for k, v in out.items() if v}
@@ -673,7 +668,7 @@ def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None) 
     consolidating ZeRO shards into full fp32 weights; ``dtype`` ("float16", "bfloat16") stores the
     weights at lower precision (half the size; ``unio.load`` casts them to the dtype it runs in)."""
     from .model import UnioConfig, UnioForConditionalGeneration
-    from .pipeline import save_export
+    from .export import save_export
     from .tasks import TaskContext
 
     run = Path(run_dir)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..images import load_image
-from .formats import IMAGE_EXTENSIONS, Source, read_json
+from ..images import IMAGE_EXTENSIONS, load_image
+from .formats import Source, read_json
 
 __all__ = ["CocoSource", "VqaSource", "RefcocoSource", "encode_mask"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..images import load_image
-from .formats import IMAGE_EXTENSIONS, Source, files_by_stem, mask_box, read_depth, read_json, read_mask, same_size
+from ..images import IMAGE_EXTENSIONS, load_image
+from .formats import Source, files_by_stem, mask_box, read_depth, read_json, read_mask, same_size
 
 __all__ = ["ClassFolderSource", "DepthFolderSource", "MaskFolderSource"]
 

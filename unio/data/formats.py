@@ -25,7 +25,6 @@ jsonl      a manifest, one JSON record per line (unio.data.jsonl)
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, ImageError
+from .shapes import ShapesWorld, shapes_classes, shapes_texts
 
-__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "IMAGE_EXTENSIONS", "ShapesSource",
-           "sample_texts", "read_json", "check_box", "mask_box", "read_mask", "read_depth", "files_by_stem", "same_size"]
+__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "ShapesSource",
+           "sample_texts", "read_json", "mask_box", "read_mask", "read_depth", "files_by_stem", "same_size"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # Keys every source spec may carry, used by the mixture and the evaluator, not by the reader.
 COMMON_KEYS = {"source", "weight", "tasks", "n", "on_bad_record"}
 
@@ -145,24 +144,6 @@ def read_json(path: Path, what: str = "annotation file"):
         raise DataError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8 JSON") from None
 
 
-def check_box(box, size: tuple[int, int] | None = None) -> tuple[float, float, float, float] | str:
-    """A valid (x1, y1, x2, y2) tuple of floats, or a string saying what is wrong with ``box``."""
-    try:
-        vals = [float(v) for v in box]
-    except (TypeError, ValueError):
-        return f"box {box!r} is not a list of 4 numbers"
-    if len(vals) != 4:
-        return f"box {box!r} has {len(vals)} numbers, expected 4 (x1, y1, x2, y2)"
-    if not all(math.isfinite(v) for v in vals):
-        return f"box {box!r} contains NaN or infinity"
-    x1, y1, x2, y2 = vals
-    if x2 <= x1 or y2 <= y1:
-        return f"box {box!r} has no area (x2 must exceed x1 and y2 exceed y1)"
-    if size is not None and (x2 <= 0 or y2 <= 0 or x1 >= size[0] or y1 >= size[1]):
-        return f"box {box!r} lies outside the {size[0]}x{size[1]} image"
-    return (x1, y1, x2, y2)
-
-
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """Tight pixel box (x1, y1, x2, y2) of a boolean mask, or None when it is empty."""
     ys, xs = np.nonzero(mask)
@@ -236,8 +217,6 @@ class ShapesSource(Source):
 
     def __init__(self, seed=0, image_size=64, max_objects=4, min_objects=1, on_bad_record="error"):
         super().__init__(on_bad_record)
-        from .shapes import ShapesWorld
-
         self.world = ShapesWorld(image_size=int(image_size), seed=int(seed), max_objects=int(max_objects),
                                  min_objects=int(min_objects))
         self.n: int | None = None
@@ -250,14 +229,22 @@ class ShapesSource(Source):
         self.n = int(n)
 
     def texts(self, limit: int | None = None) -> list[str]:
-        from .shapes import shapes_texts
-
         w = self.world
         n = min(limit or 20000, len(self))
         return list(shapes_texts(n, seed=w.seed, image_size=w.image_size, max_objects=w.max_objects))
 
     def __len__(self) -> int:
         return self.ENDLESS if self.n is None else self.n
+
+    @property
+    def classes(self) -> list[str]:
+        """Image classes (classify), as every reader names them."""
+        return shapes_classes()["image"]
+
+    @property
+    def object_labels(self) -> list[str]:
+        """Object labels (detect, region tasks)."""
+        return shapes_classes()["object"]
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..images import load_image
-from .formats import Source, check_box, mask_box, read_depth, read_mask, same_size
+from ..errors import BoxError
+from ..images import check_box, load_image
+from .formats import Source, mask_box, read_depth, read_mask, same_size
 
 __all__ = ["JsonlSource"]
 
@@ -102,9 +103,9 @@ class JsonlSource(Source):
         for k, obj in enumerate(objects):
             if not isinstance(obj, dict) or "box" not in obj:
                 return f"object {k} has no 'box'"
-            box = self._box(obj["box"])
-            if isinstance(box, str):
-                return f"object {k}: {box}"
+            problem = self._box_problem(obj["box"])
+            if problem:
+                return f"object {k}: {problem}"
             if "mask" in obj and not self._file(obj["mask"]).is_file():
                 return f"object {k}: mask file {self._file(obj['mask'])} does not exist"
         for k, ref in enumerate(rec.get("refexps", [])):
@@ -121,6 +122,13 @@ class JsonlSource(Source):
             except (TypeError, ValueError):
                 pass
         return check_box(box)
+
+    def _box_problem(self, box) -> str | None:
+        try:
+            self._box(box)
+        except BoxError as exc:
+            return str(exc)
+        return None
 
     def _where(self, record) -> str:
         return f"{self.path} line {record[0]}"

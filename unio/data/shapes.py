@@ -39,7 +39,7 @@ from PIL import Image
 from ..errors import DataError, InputError
 
 __all__ = [
-    "ShapesWorld", "SHAPES", "COLORS", "SIZES", "CLASSES", "PLURALS", "NUMBER_WORDS", "REGIONS",
+    "ShapesWorld", "shapes_classes", "SHAPES", "COLORS", "SIZES", "CLASSES", "PLURALS", "NUMBER_WORDS", "REGIONS",
     "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE", "MAX_OBJECTS", "MIN_VISIBLE_FRACTION", "shapes_texts",
     "annotation_record", "write_preview", "write_text_corpus", "prompt_texts", "relation_margin", "region_of",
 ]
@@ -61,6 +61,13 @@ SIZES = ("small", "large")
 # Radius of the circumscribed circle as a fraction of the image side (min, max).
 SIZE_RADIUS = {"small": (0.08, 0.10), "large": (0.15, 0.18)}
 CLASSES = SHAPES  # classification label: the shape of the largest visible object
+
+
+def shapes_classes() -> dict[str, list[str]]:
+    """Label sets of the shapes world: image classes (classify) and object labels (detect, regions);
+    what a model trained on it stores in its export (``unio.json`` ``classes``)."""
+    return {"image": list(CLASSES),
+            "object": [f"{size} {color} {shape}" for size in SIZES for color in COLORS for shape in SHAPES]}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512
 MAX_OBJECTS = 8

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ..errors import TaskError
-from .base import Box, Detection, Example, Label, Task, TaskContext, shapes_classes
+from .base import Box, Detection, Example, Label, Task, TaskContext
 from .classify import Classify, ClassifyRegion
 from .dense import Depth, Segment
 from .detect import Detect
@@ -16,7 +16,7 @@ from .image_gen import GenerateImage, Inpaint
 from .text import VQA, Caption, DescribeRegion
 
 __all__ = ["TASKS", "get_task", "register", "task_names", "Task", "TaskContext", "Example", "Box", "Detection",
-           "Label", "shapes_classes", "placeholders_by_task"]
+           "Label", "placeholders_by_task"]
 
 TASKS: dict[str, Task] = {}
 

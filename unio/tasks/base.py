@@ -7,7 +7,6 @@ never raises) and scores predictions (``metric``). See notes in DESIGN.md, "Task
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,21 +14,14 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import BoxError, InputError, TaskError
-from ..images import Letterbox, letterbox, load_image
+from ..errors import InputError, TaskError
+from ..images import Letterbox, check_box, letterbox, load_image
 from ..prompts import Prompts, parts_to_text
 from ..tokenizers.locations import LocationTokenizer
 from ..tokenizers.text import TextTokenizer
 from ..vocab import UnifiedVocab
 
-__all__ = ["TaskContext", "Example", "Task", "Box", "Detection", "Label", "shapes_classes"]
-
-
-def shapes_classes() -> dict[str, list[str]]:
-    """Label sets of the shapes world: image classes (classify) and object labels (detect, regions)."""
-    from ..data.shapes import CLASSES, COLORS, SHAPES, SIZES
-    return {"image": list(CLASSES),
-            "object": [f"{size} {color} {shape}" for size in SIZES for color in COLORS for shape in SHAPES]}
+__all__ = ["TaskContext", "Example", "Task", "Box", "Detection", "Label", "check_box"]
 
 
 @dataclass
@@ -250,21 +242,6 @@ class Task:
                  **meta) -> Example:
         return Example(task=self.name, prompt=prompt, input_ids=ids, image=image, patch_mask=patch_mask,
                        labels=list(target), label_weights=weights, info=info, meta=meta)
-
-
-def check_box(box) -> tuple[float, float, float, float]:
-    """A caller's box as 4 finite floats with x1 < x2 and y1 < y2, else a BoxError."""
-    if isinstance(box, Box):
-        box = tuple(box)
-    try:
-        values = tuple(float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1))
-    except (TypeError, ValueError):
-        raise BoxError(f"a box must be 4 numbers (x1, y1, x2, y2) in pixels, got {box!r}") from None
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise BoxError(f"a box must be 4 finite numbers (x1, y1, x2, y2) in pixels, got {box!r}")
-    if values[2] <= values[0] or values[3] <= values[1]:
-        raise BoxError(f"box {values} is empty or inverted; give corners x1 < x2 and y1 < y2 in pixels")
-    return values
 
 
 def location_limits(ctx: TaskContext, examples) -> list[tuple[int, int]] | None:

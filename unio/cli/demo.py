@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError
 
 __all__ = ["run_demo", "main", "DEMO_MODEL", "HEADLINE"]
 
@@ -36,7 +36,7 @@ TRUTH, PRED = (44, 160, 44), (214, 39, 40)
 
 
 def _demo_model(model):
-    from .pipeline import list_models
+    from ..export import list_models
     if model is not None:
         return model
     if DEMO_MODEL not in list_models():
@@ -48,7 +48,7 @@ def _demo_model(model):
 
 
 def _big(image) -> tuple[Image.Image, float]:
-    from .images import load_image
+    from ..images import load_image
     image = load_image(image)
     scale = CELL / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -56,21 +56,21 @@ def _big(image) -> tuple[Image.Image, float]:
 
 
 def _boxes(image, boxes, labels=None, colors=None, scores=None) -> Image.Image:
-    from .viz import draw_boxes
+    from ..viz import draw_boxes
     big, s = _big(image)
     boxes = [[v * s for v in b] for b in boxes]
     return draw_boxes(big, boxes, labels=labels, scores=scores, colors=colors, width=2)
 
 
 def _mask(image, mask, color) -> Image.Image:
-    from .viz import overlay_mask
+    from ..viz import overlay_mask
     big, _ = _big(image)
     m = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(big.size, Image.NEAREST)
     return overlay_mask(big, np.asarray(m) > 127, color=color, alpha=0.6)
 
 
 def _depth(depth, vmax: float) -> Image.Image:
-    from .viz import colorize_depth
+    from ..viz import colorize_depth
     return _big(colorize_depth(depth, vmin=0.0, vmax=vmax, reverse=True))[0]
 
 
@@ -81,7 +81,7 @@ def _short(text, n: int = 44) -> str:
 
 def _cells(pipe, task: str, ex, sample, pred) -> tuple[list, str, str]:
     """Pictures for the sheet, and (truth, prediction) as short text, for one example."""
-    from .metrics import box_iou, depth_metrics, mask_iou, psnr
+    from ..metrics import box_iou, depth_metrics, mask_iou, psnr
     m, image = ex.meta, sample.get("image")
     if task in ("caption", "vqa", "classify"):
         truth = {"caption": (m.get("references") or [""])[0], "vqa": (m.get("answers") or [""])[0],
@@ -149,9 +149,9 @@ def _fmt(v) -> str:
 def run_demo(model=None, out="unio-demo", n: int = 50, seed: int = 1000, device=None, batch_size: int = 32,
              progress: bool = True) -> dict:
     """Run the demo (see the module docstring) and return the metrics written to ``out/metrics.json``."""
-    from .evaluate import evaluate, write_json
-    from .pipeline import Pipeline, load
-    from .viz import image_grid
+    from ..evaluate import evaluate, write_json
+    from ..pipeline import Pipeline, load
+    from ..viz import image_grid
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"--n must be a positive number of images per task, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -186,7 +186,7 @@ def run_demo(model=None, out="unio-demo", n: int = 50, seed: int = 1000, device=
 
 def main(args) -> int:
     """``unio demo [--model DIR] [--out DIR] [--n N] [--seed S] [--device D] [--threads T]``."""
-    from .evaluate import set_threads
+    from ..evaluate import set_threads
     set_threads(getattr(args, "threads", None))
     run_demo(getattr(args, "model", None), out=args.out, n=args.n, seed=args.seed, device=args.device)
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, TaskError
+from ..errors import InputError, TaskError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # task -> (what --text means, or None when the task takes no text)
@@ -33,7 +33,7 @@ PICTURE_TASKS = {"generate_image", "inpaint", "depth"}  # answers that --out may
 
 
 def main(args) -> int:
-    from .tasks import task_names
+    from ..tasks import task_names
     task = args.task
     if task not in task_names():
         raise TaskError(f"unknown task {task!r}; choose one of: {', '.join(task_names())}")
@@ -52,7 +52,7 @@ def main(args) -> int:
         raise InputError(f"--labels is for classify and classify_region, not {task}; drop it")
     if args.format == "coco" and task != "detect":
         raise InputError(f"--format coco is for detect results only, not {task}; use --format jsonl")
-    from .pipeline import options_for, parse_options
+    from ..pipeline import options_for, parse_options
     parsed = parse_options(getattr(args, "options", None))
     other = sorted(t for t in parsed if t not in (None, task))
     if other:
@@ -107,8 +107,8 @@ def _picture_out(task: str, out: Path | None, images: list, args) -> bool:
 
 
 def _write_picture(pipe, task: str, images: list, args, box, options: dict, out: Path) -> None:
-    from . import viz as draw
-    from .images import load_image
+    from .. import viz as draw
+    from ..images import load_image
     if task == "generate_image":
         result = pipe.generate_image(args.text, **options)
     else:
@@ -135,7 +135,7 @@ def _save_picture(picture, out: Path) -> None:
 def _run_images(pipe, task, paths, args, box, files: Path, viz: Path | None, options: dict) -> list[dict]:
     from tqdm import tqdm
 
-    from .images import load_image
+    from ..images import load_image
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     bs = max(1, int(args.batch_size))
     records = []
@@ -164,7 +164,7 @@ def _call(pipe, task, pils, text, box, labels, bs, options):
 
 
 def _record(task, result, pil, index, path, text, box, files: Path, viz: Path | None) -> dict:
-    from . import viz as draw
+    from .. import viz as draw
     stem = f"{index:05d}_{Path(path).stem}"
     picture = None
     if task in ("caption", "vqa", "describe_region"):
@@ -185,7 +185,7 @@ def _record(task, result, pil, index, path, text, box, files: Path, viz: Path | 
         picture = draw.draw_boxes(pil, [tuple(result)] if result is not None else [], [text] if result else None) \
             if viz else None
     elif task == "segment":
-        from .data.coco import encode_mask
+        from ..data.coco import encode_mask
         rec = {"expression": text, "mask": encode_mask(result), "area": int(result.sum())}
         picture = draw.overlay_mask(pil, result) if viz else None
     elif task == "depth":
@@ -254,7 +254,7 @@ def coco_results(records: list[dict], classes: list[str]) -> tuple[list[dict], l
 
 def _image_paths(items, task) -> list[Path]:
     """The image files given (folders expanded), each checked readable."""
-    from .images import load_image
+    from ..images import load_image
     if task == "generate_image":
         if items:
             raise InputError("generate_image makes an image from --text alone; do not pass image files")
@@ -277,7 +277,7 @@ def _image_paths(items, task) -> list[Path]:
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
-    from .tasks.base import check_box
+    from ..images import check_box
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:

@@ -10,19 +10,19 @@ import argparse
 import os
 import sys
 
-from .errors import UnioError
+from ..errors import UnioError
 
 __all__ = ["main", "build_parser"]
 
 
 def _cmd_shapes(args):
     if args.texts:
-        from .data.shapes import write_text_corpus
+        from ..data.shapes import write_text_corpus
         lines = write_text_corpus(args.texts, n=args.n, seed=args.seed, prompt_files=args.prompts)
         print(f"wrote {args.texts} ({lines} lines: the texts of {args.n} samples"
               + (f" and the templates of {len(args.prompts)} prompt files)" if args.prompts else ")"))
         return
-    from .data.shapes import write_preview
+    from ..data.shapes import write_preview
     write_preview(n=args.n, out=args.out, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
 
 
@@ -30,15 +30,15 @@ def _cmd_tokenizer(args):
     if args.kind == "text":
         from pathlib import Path
 
-        from .tokenizers.text import TextTokenizer
+        from ..tokenizers.text import TextTokenizer
         tok = TextTokenizer.train([Path(p) for p in args.input], vocab_size=args.vocab_size, path=args.out, model_type=args.model_type)
         print(f"wrote {args.out} ({tok.vocab_size} pieces)")
     elif args.kind == "swap-image":
-        from .pipeline import swap_image_tokenizer
+        from ..export import swap_image_tokenizer
         out = swap_image_tokenizer(args.model, args.tokenizer, args.out)
         print(f"wrote {out}: the model with the image tokenizer from {args.tokenizer}")
     else:
-        from .tokenizers.image_train import main as train_image_tokenizer
+        from ..tokenizers.image_train import main as train_image_tokenizer
         train_image_tokenizer(args)
 
 
@@ -64,22 +64,22 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def _cmd_train(args):
-    from .train import main as train
+    from ..train import main as train
     return train(args)
 
 
 def _cmd_eval(args):
-    from .evaluate import main as evaluate
+    from ..evaluate import main as evaluate
     return evaluate(args)
 
 
 def _cmd_export(args):
-    from .train import export
+    from ..train import export
     export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype)
 
 
 def _cmd_init(args):
-    from .pipeline import init_export
+    from ..export import init_export
     init_export(preset=args.preset, tokenizers=args.tokenizers, out=args.out, image_size=args.image_size,
                 patch_size=args.patch_size, seed=args.seed, num_bins=args.num_bins)
 
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return f"unio {__version__}"
 
 
