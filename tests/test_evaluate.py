@@ -12,7 +12,8 @@ from PIL import Image
 
 from unio import cli
 from unio.errors import DataError, InputError, TaskError
-from unio.evaluate import _one_item, _requested, _score, _vqa_scores, consistency, evaluate, format_table, parse_data_spec
+from unio.data.specs import parse_data_spec
+from unio.evaluate import _one_item, _requested, _score, _vqa_scores, consistency, evaluate, format_table
 from unio.metrics import vqa_accuracy
 from unio.tasks import Detection, get_task
 from conftest import write_micro_export, write_micro_tokenizers

@@ -63,116 +63,16 @@ from typing import Any
 
 import numpy as np
 
+from .data.specs import open_data, spec_text
 from .errors import DataError, InputError, TaskError, UnioError
 
-__all__ = ["evaluate", "parse_data_spec", "open_data", "consistency", "format_table", "write_json", "write_jsonl",
+__all__ = ["evaluate", "consistency", "format_table", "write_json", "write_jsonl",
            "set_threads", "main", "DEFAULT_N", "CONSISTENCY_THRESHOLD"]
 
 DEFAULT_N = 200
 CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its detection scores at least this
 _INPUT_KEYS = {"region": "box"}  # prompt placeholder -> the Pipeline.run input (and example.meta key) it comes from
 _VQA_HUMANS = 10              # the VQAv2 rule needs the 10 human answers of VQAv2
-
-
-# ---------------------------------------------------------------------- data specs
-def _value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_data_spec(spec) -> dict:
-    """A data spec -> a data entry as recipes write it (what ``open_source`` reads).
-
-    Accepted:
-
-    - ``shapes:SEED`` (the held-out shapes world; training recipes use seed 0), optionally with
-      options: ``shapes:7,image_size=96,max_objects=6``;
-    - a JSONL manifest path (``eval.jsonl``, read by the training reader ``JsonlSource``);
-    - ``SOURCE:VALUE,key=value,...`` for any reader of :mod:`unio.data.formats`: the bare VALUE
-      fills the reader's one required key (``classes:DIR``, ``jsonl:PATH,root=DIR``), the others
-      are named (``coco:images=DIR,instances=FILE``, ``vqa:images=...,questions=...,annotations=...``);
-    - a YAML or JSON file holding one data entry (``{source: coco, images: ..., n: 500}``) or a
-      recipe, whose single ``data.eval`` entry is used;
-    - a dict (a data entry itself).
-    """
-    from .data.formats import SOURCES, source_keys
-    if isinstance(spec, dict):
-        if "source" not in spec:
-            raise DataError(f"data entry {spec} has no 'source'; use one of {sorted(SOURCES)}")
-        return dict(spec)
-    if isinstance(spec, (list, tuple)):
-        if len(spec) != 1:
-            raise DataError(f"evaluate reads one data source at a time, got {len(spec)} entries; "
-                            "evaluate them one by one")
-        return parse_data_spec(spec[0])
-    if not isinstance(spec, (str, Path)) or not str(spec).strip():
-        raise DataError(f"the data spec must be a string such as 'shapes:1' or 'eval.jsonl', got {spec!r}")
-    text = str(spec).strip()
-    name, sep, rest = text.partition(":")
-    suffix = Path(text).suffix.lower()
-    if not (sep and name in SOURCES) and suffix == ".jsonl":
-        return {"source": "jsonl", "path": text}
-    if not (sep and name in SOURCES) and suffix in (".yaml", ".yml", ".json"):
-        return _spec_file(Path(text))
-    if not sep or name not in SOURCES:
-        raise DataError(f"cannot read the data spec {text!r}; use shapes:SEED (e.g. shapes:1), a .jsonl manifest, "
-                        f"a .yaml data entry, or SOURCE:VALUE,key=value with SOURCE one of {sorted(SOURCES)}")
-    required = source_keys(name)[0]
-    entry: dict[str, Any] = {"source": name}
-    for k, part in enumerate(p.strip() for p in rest.split(",")):
-        if not part:
-            continue
-        key, eq, value = part.partition("=")
-        if eq:
-            entry[key.strip()] = _value(value.strip())
-            continue
-        positional = "seed" if name == "shapes" else (required[0] if len(required) == 1 else None)
-        if k != 0 or positional is None:
-            raise DataError(f"in the data spec {text!r}, {part!r} needs a key (key=value); the {name} source takes "
-                            f"{', '.join(required) or 'options'} as key=value")
-        entry[positional] = _value(part) if positional == "seed" else part
-    if name == "shapes":
-        entry.setdefault("seed", 1)
-        if not isinstance(entry["seed"], int) or isinstance(entry["seed"], bool) or entry["seed"] < 0:
-            raise DataError(f"the shapes seed in {text!r} must be an integer >= 0, e.g. shapes:1")
-    return entry
-
-
-def _spec_file(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"data spec file {path} does not exist; give a data entry file, a .jsonl manifest or "
-                        "shapes:SEED")
-    try:
-        import yaml
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError
-        raise DataError(f"could not read the data spec file {path}: {exc}") from None
-    if isinstance(data, dict) and "source" not in data and isinstance(data.get("data"), dict):
-        evals = data["data"].get("eval")
-        if not evals:
-            raise DataError(f"the recipe {path} has no data.eval entry to evaluate on")
-        return parse_data_spec(evals)
-    if isinstance(data, (dict, list)):
-        return parse_data_spec(data)
-    raise DataError(f"{path} holds no data entry; write e.g. {{source: jsonl, path: eval.jsonl}}")
-
-
-def open_data(spec):
-    """(source, entry): the opened reader for a data spec (see :func:`parse_data_spec`)."""
-    from .data.formats import open_source
-    entry = parse_data_spec(spec)
-    return open_source(entry), entry
-
-
-def _spec_text(spec, entry: dict) -> str:
-    return spec if isinstance(spec, str) else json.dumps(entry, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------------- examples
@@ -618,7 +518,7 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
             records.extend(_records(pipe, task, examples, used, indices, predictions, found))
     results["run"] = {
         "model": str(model) if not isinstance(model, Pipeline) else str(pipe.meta.get("path", "<Pipeline>")),
-        "data": _spec_text(data, entry), "data_entry": entry, "tasks": list(results), "seed": int(seed),
+        "data": spec_text(data, entry), "data_entry": entry, "tasks": list(results), "seed": int(seed),
         "batch_size": int(batch_size), "n": n if isinstance(n, int) else dict(n), "device": str(pipe.device),
         "model_info": {k: pipe.meta[k] for k in ("preset", "trained", "step", "vocab_fingerprint") if k in pipe.meta},
         "versions": _versions(), "seconds": round(time.perf_counter() - start_all, 3),

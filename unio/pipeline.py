@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.specs import parse_value
 from .errors import CheckpointError, InputError, TaskError, UnioError
 from .images import FILL, letterbox, load_image, to_pixel_values
 from .metrics import text_recall
@@ -588,8 +589,7 @@ def options_for(task: str, options: dict, several_tasks: bool = True) -> dict:
 
 
 def _option_value(text: str):
-    from .evaluate import _value  # the data specs' KEY=VALUE reading, plus none/null
-    return None if text.lower() in ("none", "null") else _value(text)
+    return None if text.lower() in ("none", "null") else parse_value(text)
 
 
 def _required(name, task):

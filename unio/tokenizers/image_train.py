@@ -107,7 +107,7 @@ class DatasetGuidedSource:
     as the depth task draws it, and left out of the loss and the figures."""
 
     def __init__(self, spec: str, image_size: int, depth_range, kinds: tuple[str, ...], held_out: int = 128):
-        from ..evaluate import open_data
+        from ..data.specs import open_data
         self.source, _ = open_data(spec)
         n = len(self.source)
         if n < 2:
