@@ -89,7 +89,8 @@ def _evaluation(pipe) -> dict:
         path = Path(tmp) / "predictions.jsonl"
         results = evaluate(pipe, f"shapes:{SEED}", n={"default": 3, "generate_image": 2}, batch_size=4, seed=1,
                            progress=False, options={"generate_image": {"candidates": 2}}, predictions=path)
-        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records = sorted((json.loads(line) for line in path.read_text().splitlines()),
+                         key=lambda r: (r["task"], r["i"]))  # the task order follows the registry
     metrics = {task: {k: v for k, v in m.items() if k != "seconds"} for task, m in results.items() if task != "run"}
     return {"metrics": metrics, "records": records}
 

@@ -4,104 +4,59 @@
     >>> results = evaluate("path/to/export", "shapes:1", tasks=["caption", "detect"], n=200)
     >>> results["detect"]["map50"], results["caption"]["exact_match"]
 
-Each task runs the same path: held-out samples -> ``task.build(sample, ctx, rng=None)`` (the
-canonical prompt and the ground truth in ``example.meta``) -> batched generation through the
-pipeline (``Pipeline.run``, the path users get) -> ``task.parse`` (inside the pipeline) ->
-``task.metric`` plus what the task metric leaves out:
-
-============== ==========================================================================
-caption        ``bleu4``, ``cider`` (CIDEr-D), ``exact_match`` (any reference)
-vqa            ``accuracy``: the VQAv2 rule where a question has 10 human answers, exact match
-               (after VQA answer normalisation) where it has fewer (shapes, GQA-style data:
-               the VQAv2 rule cannot reach 1 with fewer than 4 answers); ``exact_match``;
-               and VQAv2's split by the type of the most common reference answer:
-               ``accuracy_yes_no``, ``accuracy_number``, ``accuracy_other`` (types present only)
-classify       ``accuracy`` (constrained to the model's class list)
-detect         ``map`` (COCO mAP@[.5:.95]), ``map50``, ``map75`` through pycocotools, with the
-               model's own scores (the probability of each box's label)
-ground         ``acc50`` (IoU >= 0.5), ``mean_iou``
-describe_region ``cider``, ``bleu4``, ``exact_match`` (references: the object's referring
-               expressions and its label)
-classify_region ``accuracy``
-segment        ``miou`` (mean over expressions of the mask IoU)
-depth          ``absrel``, ``rmse``, ``delta1`` over the pixels named by ``pixels``: ``"objects"``
-               (the union of the object masks) where the sample has masks, since the background
-               would dominate an all-pixel mean; ``absrel_all`` over every valid pixel
-inpaint        ``psnr`` inside the box against the original image
-generate_image ``consistency`` and ``object_recall`` (see :func:`consistency`); and the same two
-               on the image tokenizer's reconstruction of each real image
-               (``reference_consistency``, ``reference_object_recall``): what a generator that
-               wrote exactly the real image's codes would score, the ceiling that the detector
-               and the image tokenizer leave the metric
-============== ==========================================================================
+Each task runs the same path, whatever the task: held-out samples -> ``task.pick_item`` (one
+seeded question / expression / object of the sample) -> ``task.build(sample, ctx, rng=None)``
+(the canonical prompt and the ground truth in ``example.meta``) -> batched generation through
+``Pipeline.run`` (the path users get; its inputs read from ``example.meta``) -> ``task.metric``,
+which reports every figure of the task (each task's docstring says which). Judges: a figure that
+needs another reading of a prediction (text-to-image consistency reads the generated picture
+with a detector) gets the pipeline under test as its judge, which makes it a diagnostic of the
+model reading its own output, not an independent measurement.
 
 Every task entry also has ``n`` (examples scored) and ``seconds`` (building, generation and
-scoring; for generate_image also the detector runs). Determinism: samples are
-chosen by index, items within a sample (which question, which expression, which object) by a
-generator seeded with (seed, sample index, task), image sampling by ``seed``; the same model,
-data spec, seed and batch size give the same numbers.
+scoring). Determinism: samples are chosen by index, items within a sample by a generator seeded
+with (seed, sample index, task), image sampling by ``seed``; the same model, data spec, seed and
+batch size give the same numbers.
 
 ``predictions=PATH`` (``unio eval --predictions PATH``) also writes one JSON line per scored
 example, to see which examples a model gets wrong: ``task``, ``i`` (its place in the task's
-examples), ``sample`` (the index of its sample in the data), ``prompt``, ``prediction`` (text;
-a label with its ``score``; detections; a box; a segmentation mask as COCO RLE; ``null`` for
-depth maps and images), ``truth``, and the example's own figure where the task has one
-(``exact_match``, ``accuracy``, ``correct``, ``iou``, ``absrel``, ``psnr``, or ``found`` of
-``requested`` for text-to-image).
+examples), ``sample`` (the index of its sample in the data), ``prompt``, then the task's own
+``example_record``: ``prediction`` (text; a label with its ``score``; detections; a box; a
+segmentation mask as COCO RLE; ``null`` for depth maps and images), ``truth``, and the
+example's own figure where the task has one (``exact_match``, ``accuracy``, ``correct``,
+``iou``, ``absrel``, ``psnr``, or ``found`` of ``requested`` for text-to-image).
 """
 from __future__ import annotations
 
 import json
 import math
 import platform
-import re
 import time
 import zlib
-from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import transformers
+from tqdm.auto import tqdm
 
+from . import __version__
 from .data.specs import open_data, spec_text
 from .errors import DataError, InputError, TaskError, UnioError
+from .images import load_image
+from .pipeline import Pipeline, load, options_for
+from .tasks import get_task, task_names
+from .tasks.options import parse_options
 
-__all__ = ["evaluate", "consistency", "format_table", "write_json", "write_jsonl",
-           "set_threads", "main", "DEFAULT_N", "CONSISTENCY_THRESHOLD"]
+__all__ = ["evaluate", "format_table", "write_json", "write_jsonl", "set_threads", "main", "DEFAULT_N"]
 
 DEFAULT_N = 200
-CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its detection scores at least this
-_INPUT_KEYS = {"region": "box"}  # prompt placeholder -> the Pipeline.run input (and example.meta key) it comes from
-_VQA_HUMANS = 10              # the VQAv2 rule needs the 10 human answers of VQAv2
 
 
-# ---------------------------------------------------------------------- examples
 def _rng(seed: int, index: int, task: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), zlib.crc32(task.encode())])
-
-
-def _one_item(task: str, sample: dict, index: int, seed: int) -> dict:
-    """The sample narrowed to one question / expression / object, chosen by a seeded generator.
-
-    Building with ``rng=None`` takes the first item of each list; without this, every VQA example
-    would be the sample's first question (in the shapes world always "how many objects").
-    """
-    rng = _rng(seed, index, task)
-    if task == "vqa" and sample.get("qa"):
-        return {**sample, "qa": [sample["qa"][int(rng.integers(len(sample["qa"])))]]}
-    if task in ("ground", "segment") and sample.get("refexps"):
-        refs = sample["refexps"]
-        if task == "segment":
-            objects = sample.get("objects") or []
-            refs = [r for r in refs if 0 <= int(r[1]) < len(objects) and objects[int(r[1])].get("mask") is not None]
-            if not refs:
-                return {**sample, "refexps": []}
-        return {**sample, "refexps": [refs[int(rng.integers(len(refs)))]]}
-    if task in ("describe_region", "classify_region", "inpaint") and sample.get("objects"):
-        k = int(rng.integers(len(sample["objects"])))
-        refexps = [(e, 0) for e, i in sample.get("refexps") or [] if int(i) == k]
-        return {**sample, "objects": [sample["objects"][k]], "refexps": refexps}
-    return sample
 
 
 class _Samples:
@@ -127,7 +82,7 @@ def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list,
     for i in range(samples.scan_limit(n)):
         if len(examples) >= n:
             break
-        sample = _one_item(task.name, samples[i], i, seed)
+        sample = task.pick_item(samples[i], _rng(seed, i, task.name))
         if not task.can_build(sample):
             continue
         try:
@@ -149,7 +104,6 @@ def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list,
 def _check_option_scopes(options, named: list[str] | None) -> dict:
     """``evaluate``'s ``options`` as ``{task or None: {key: value}}``; a task named there must be
     among the ``named`` tasks (None: every task of the model)."""
-    from .tasks import get_task
     if not options:
         return {}
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
@@ -166,20 +120,13 @@ def _check_option_scopes(options, named: list[str] | None) -> dict:
 
 def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None, user_options=None) -> list:
     """Predictions for prepared examples through ``Pipeline.run`` (which builds, generates, parses)."""
-    from .images import load_image
-    from .tasks.classify import Classify
-    from .tasks.image_gen import ImageTask
-    keys = sorted(_INPUT_KEYS.get(p, p) for p in task.placeholders)
-    options: dict[str, Any] = {}
-    if isinstance(task, Classify) and not pipe.ctx.class_list(task.kind):
-        truth = sorted({e.meta["label"] for e in examples if e.meta.get("label")})
-        options["labels"] = truth  # no class list in the model: choose among the labels of the data
+    options: dict[str, Any] = task.eval_options(pipe.ctx, examples)
     out = []
     for c, start in enumerate(range(0, len(examples), batch_size)):
         chunk = examples[start:start + batch_size]
-        inputs = {k: [e.meta[k] for e in chunk] for k in keys}
+        inputs = {k: [e.meta[k] for e in chunk] for k in task.inputs}
         run_options = dict(options)
-        if isinstance(task, ImageTask):
+        if "seed" in task.options:
             run_options["seed"] = int(seed) * 100003 + c  # a fixed generator per batch: reproducible sampling
         run_options.update(user_options or {})
         images = None if not task.needs_image else [load_image(s["image"]) for s in samples[start:start + len(chunk)]]
@@ -190,195 +137,18 @@ def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None
     return out
 
 
-# ---------------------------------------------------------------------- metrics
-def consistency(pipe, images, requested: list[list[str]], batch_size: int = 32,
-                threshold: float = CONSISTENCY_THRESHOLD, found_out: list | None = None) -> dict[str, float]:
-    """Text-to-image consistency: the model's own detector run on the images it generated.
-
-    ``requested[i]`` are the object labels the text of image ``i`` asked for (with repeats). A
-    requested object is *found* when a detection with that label and score >= ``threshold`` is
-    left to match it (each detection matches one object). Returns
-
-    - ``consistency``: the fraction of images in which every requested object is found (the
-      all-or-nothing rule of object-focused benchmarks such as GenEval, Ghosh et al., 2023);
-    - ``object_recall``: the mean over images of the fraction of requested objects found;
-    - ``by_objects``: ``consistency`` over the images that request 1, 2, ... objects
-      (``{"1": ..., "2": ...}``), which tells a generator that draws one object well from one
-      that composes scenes.
-
-    Images that request nothing are left out; both are NaN when none is left. ``found_out``, a
-    list, receives per image the number of requested objects found (None where nothing was
-    requested).
-    """
-    keep = [k for k, r in enumerate(requested) if r]
-    if not keep:
-        if found_out is not None:
-            found_out.extend([None] * len(requested))
-        return {"consistency": float("nan"), "object_recall": float("nan"), "threshold": float(threshold),
-                "by_objects": {}}
-    detections = []
-    for start in range(0, len(keep), batch_size):
-        chunk = [images[k] for k in keep[start:start + batch_size]]
-        detections.extend(pipe.run("detect", chunk, batch_size=len(chunk)))
-    complete, recall = [], []
-    found_per_image: list = [None] * len(requested)
-    for k, dets in zip(keep, detections):
-        want = Counter(requested[k])
-        have = Counter(d.label for d in dets if d.score >= threshold)
-        found = sum(min(c, have[label]) for label, c in want.items())
-        found_per_image[k] = found
-        complete.append(found == sum(want.values()))
-        recall.append(found / sum(want.values()))
-    if found_out is not None:
-        found_out.extend(found_per_image)
-    by_count: dict[int, list[bool]] = {}
-    for k, ok in zip(keep, complete):
-        by_count.setdefault(len(requested[k]), []).append(ok)
-    return {"consistency": float(np.mean(complete)), "object_recall": float(np.mean(recall)),
-            "threshold": float(threshold),
-            "by_objects": {str(c): float(np.mean(v)) for c, v in sorted(by_count.items())}}
+def _score(pipe, task, predictions, examples, samples) -> tuple[dict, list[dict]]:
+    """The task's metrics (floats where numbers) and its per-example figures, if it gives any."""
+    metrics = dict(task.metric(predictions, examples, samples, judge=pipe))
+    per_example = metrics.pop("per_example", None) or [{} for _ in examples]
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in metrics.items()}, per_example
 
 
-def _requested(example, sample) -> list[str]:
-    """Labels of the sample's objects that the generation text names as whole words (shapes
-    captions name every object by its label)."""
-    text = str(example.meta.get("text", "")).lower()
-    named = lambda label: re.search(rf"\b{re.escape(label.lower())}\b", text) is not None  # noqa: E731
-    return [str(o["label"]) for o in sample.get("objects") or [] if o.get("label") and named(str(o["label"]))]
-
-
-def _answer_type(normalized: list[str]) -> str:
-    """VQAv2's answer types: "yes/no", "number" or "other", of the most common reference answer."""
-    top = Counter(normalized).most_common(1)[0][0] if normalized else ""
-    if top in ("yes", "no"):
-        return "yes/no"
-    return "number" if top.replace(".", "", 1).isdigit() else "other"
-
-
-def _vqa_item(pred, answers: list) -> tuple[float, bool, str]:
-    """One answer's accuracy (see the module's table), exact match and VQAv2 answer type."""
-    from .metrics import normalize_answer, vqa_accuracy
-    normalized = [normalize_answer(a) for a in answers]
-    match = normalize_answer(pred) in set(normalized)
-    acc = vqa_accuracy(pred, answers) if len(answers) >= _VQA_HUMANS else float(match)
-    return acc, match, _answer_type(normalized)
-
-
-def _vqa_scores(predictions, examples) -> dict[str, float]:
-    acc, em, by_type = [], [], {}
-    for p, e in zip(predictions, examples):
-        a, match, kind = _vqa_item(p, list(e.meta.get("answers") or []))
-        acc.append(a)
-        em.append(match)
-        by_type.setdefault(kind, []).append(a)
-    out = {"accuracy": float(np.mean(acc)), "exact_match": float(np.mean(em))}
-    for kind in ("yes/no", "number", "other"):
-        if kind in by_type:
-            out[f"accuracy_{kind.replace('/', '_')}"] = float(np.mean(by_type[kind]))
-    return out
-
-
-def _object_pixels(sample) -> np.ndarray | None:
-    """The union of the sample's object masks; None without masks or when it is empty."""
-    masks = [np.asarray(o["mask"], dtype=bool) for o in sample.get("objects") or [] if o.get("mask") is not None]
-    union = np.logical_or.reduce(masks) if masks else None
-    return union if union is not None and union.any() else None
-
-
-def _ground_iou(pred, box) -> float:
-    from .metrics import box_iou
-    return box_iou(np.ravel(tuple(pred)), np.ravel(box)) if pred is not None else 0.0
-
-
-def _depth_scores(predictions, examples, samples) -> dict:
-    from .metrics import depth_metrics
-    masks = [_object_pixels(s) for s in samples]
-    n_objects = sum(m is not None for m in masks)
-    truth = [e.meta["depth"] for e in examples]
-    out: dict[str, Any] = depth_metrics(predictions, truth, masks)
-    out["pixels"] = ("objects" if n_objects == len(samples) else "all" if n_objects == 0
-                     else "objects where masked, else all")
-    out["absrel_all"] = depth_metrics(predictions, truth)["absrel"]
-    return out
-
-
-def _score(pipe, task, predictions, examples, samples, batch_size: int, found: list | None = None) -> dict:
-    """The task's metrics; for generate_image, ``found`` receives the objects found per image."""
-    from .metrics import exact_match
-    name = task.name
-    if name == "vqa":
-        return _vqa_scores(predictions, examples)
-    if name == "depth":
-        return _depth_scores(predictions, examples, samples)
-    if name == "generate_image":
-        requested = [_requested(e, s) for e, s in zip(examples, samples)]
-        metrics = consistency(pipe, predictions, requested, batch_size, found_out=found)
-        reference = consistency(pipe, [task.parse(e.labels, pipe.ctx) for e in examples], requested, batch_size)
-        metrics["reference_consistency"] = reference["consistency"]
-        metrics["reference_object_recall"] = reference["object_recall"]
-        metrics["reference_by_objects"] = reference["by_objects"]
-        return metrics
-    metrics = dict(task.metric(predictions, examples))
-    if name in ("caption", "describe_region"):
-        metrics["exact_match"] = exact_match(predictions, [e.meta["references"] for e in examples])
-    if name == "ground":
-        metrics = {"acc50": metrics.pop("grounding_acc"), **metrics}
-        ious = [_ground_iou(p, e.meta["box"]) for p, e in zip(predictions, examples)]
-        metrics["mean_iou"] = float(np.mean(ious))
-    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in metrics.items()}
-
-
-# ---------------------------------------------------------------------- per-example records
-def _box(b) -> list[float] | None:
-    return None if b is None else [round(float(v), 2) for v in np.ravel(tuple(b))]
-
-
-def _records(pipe, task, examples, samples, indices, predictions, found) -> list[dict]:
+def _records(task, examples, samples, indices, predictions, per_example) -> list[dict]:
     """One JSON-ready record per example: what was asked, answered and expected, and its figure."""
-    from .data.coco import encode_mask
-    from .metrics import depth_metrics, exact_match, mask_iou
-    name, out = task.name, []
-    for i, (e, s, index, p) in enumerate(zip(examples, samples, indices, predictions)):
-        m = e.meta
-        rec: dict[str, Any] = {"task": name, "i": i, "sample": int(index), "prompt": getattr(e, "prompt", None)}
-        if name in ("caption", "describe_region"):
-            refs = list(m["references"])
-            rec.update(prediction=p, truth=refs, exact_match=exact_match([p], [refs]) == 1.0)
-            if name == "describe_region":
-                rec["box"] = _box(m["box"])
-        elif name == "vqa":
-            answers = list(m.get("answers") or [])
-            acc, _, kind = _vqa_item(p, answers)
-            rec.update(prediction=p, truth=answers, accuracy=acc, answer_type=kind)
-        elif name in ("classify", "classify_region"):
-            rec.update(prediction=str(p), score=float(getattr(p, "score", float("nan"))), truth=m["label"],
-                       correct=str(p) == m["label"])
-            if name == "classify_region":
-                rec["box"] = _box(m["box"])
-        elif name == "detect":
-            rec.update(prediction=[d.to_dict() for d in p],
-                       truth=[{"box": _box(b), "label": lb} for b, lb in zip(m["boxes"], m["labels"])])
-        elif name == "ground":
-            rec.update(prediction=_box(p), truth=_box(m["box"]), expression=m.get("expression"),
-                       iou=_ground_iou(p, m["box"]))
-        elif name == "segment":
-            rec.update(prediction=encode_mask(p), truth=encode_mask(m["mask"]), expression=m.get("expression"),
-                       iou=mask_iou(p, m["mask"]))
-        elif name == "depth":
-            union = _object_pixels(s)
-            rec.update(prediction=None, truth=None, absrel=depth_metrics(p, m["depth"], union)["absrel"],
-                       pixels="objects" if union is not None else "all")
-        elif name == "inpaint":
-            rec.update(prediction=None, truth=None, text=m.get("text"), box=_box(m.get("box")),
-                       psnr=task.metric([p], [e])["psnr"])
-        elif name == "generate_image":
-            requested = _requested(e, s)
-            rec.update(prediction=None, truth=None, text=m.get("text"), requested=requested,
-                       found=found[i] if found else None)
-        else:  # a task added later: its prediction as far as it is JSON
-            rec.update(prediction=getattr(p, "to_dict", lambda: p)())
-        out.append(rec)
-    return out
+    return [{"task": task.name, "i": i, "sample": int(index), "prompt": e.prompt,
+             **task.example_record(p, e, s), **extra}
+            for i, (e, s, index, p, extra) in enumerate(zip(examples, samples, indices, predictions, per_example))]
 
 
 def write_jsonl(records: list[dict], path) -> Path:
@@ -392,12 +162,7 @@ def write_jsonl(records: list[dict], path) -> Path:
 
 # ---------------------------------------------------------------------- the whole evaluation
 def _versions() -> dict:
-    import torch
-    import transformers
-
-    from . import __version__
     try:
-        from importlib.metadata import version
         coco = version("pycocotools")
     except Exception:
         coco = None
@@ -407,23 +172,20 @@ def _versions() -> dict:
 
 def _task_list(pipe, tasks) -> tuple[list, bool, dict]:
     """(tasks to run, whether they were named, {task left out: why})."""
-    from .tasks import TASKS, get_task
-    from .tasks.dense import DenseTask
-    from .tasks.image_gen import ImageTask
     explicit = tasks is not None
     if isinstance(tasks, str):
         tasks = [t for t in tasks.replace(",", " ").split() if t]
-    names = list(tasks) if explicit else [t for t in TASKS if t in pipe.tasks]
+    names = list(tasks) if explicit else [t for t in task_names() if t in pipe.tasks]
     if explicit and not names:
-        raise TaskError(f"no task given; choose among {', '.join(TASKS)}")
+        raise TaskError(f"no task given; choose among {', '.join(task_names())}")
     out, skipped = [], {}
     for name in dict.fromkeys(names):
         task = get_task(name)  # TaskError listing the known tasks
         problem = None
-        if name not in pipe.tasks:
+        if name not in pipe.tasks and not task.prompts:
             problem = (f"the model has no prompt for task {name!r} (its tasks: {', '.join(pipe.tasks)}); "
                        "evaluate one of those")
-        elif isinstance(task, (DenseTask, ImageTask)) and pipe.ctx.image_tokenizer is None:
+        elif task.writes_image and pipe.ctx.image_tokenizer is None:
             problem = (f"task {name!r} writes image codes but the model has no image tokenizer; evaluate it on a "
                        "model exported with one (image/ in the export directory)")
         if problem and explicit:
@@ -459,17 +221,12 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     samples, predictions)}``. ``predictions``: a path for the per-example JSON lines (see the
     module's documentation), recorded under ``run.predictions``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .pipeline import Pipeline, load
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     for value in (n.values() if isinstance(n, dict) else [n]):
         _n_for(value, "every task")
     named = None
     if tasks is not None:  # unknown names fail before the (slower) model load
-        from .tasks import get_task
         named = tasks.replace(",", " ").split() if isinstance(tasks, str) else list(tasks)
         for name in named:
             get_task(name)
@@ -477,7 +234,6 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     source, entry = open_data(data)  # input errors before the (slower) model load
     pipe = model if isinstance(model, Pipeline) else load(model, device=device, batch_size=batch_size)
     task_objs, explicit, skipped_tasks = _task_list(pipe, tasks)
-    from .pipeline import options_for
     task_options = {t.name: options_for(t.name, options) for t in task_objs}
     samples = _Samples(source)
     results: dict[str, Any] = {}
@@ -507,15 +263,14 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
             continue
         with tqdm(total=len(examples), desc=f"{task.name:<16}", disable=not progress, leave=False) as bar:
             predictions = _predict(pipe, task, examples, used, batch_size, seed, bar, task_options[task.name])
-        found: list = []
-        metrics = _score(pipe, task, predictions, examples, used, batch_size, found)
+        metrics, per_example = _score(pipe, task, predictions, examples, used)
         metrics.update(n=len(examples), seconds=round(time.perf_counter() - start, 3))
         if bad:
             metrics["bad_samples"] = bad
         results[task.name] = metrics
         details[task.name] = (examples, used, predictions)
         if predictions_path is not None:
-            records.extend(_records(pipe, task, examples, used, indices, predictions, found))
+            records.extend(_records(task, examples, used, indices, predictions, per_example))
     results["run"] = {
         "model": str(model) if not isinstance(model, Pipeline) else str(pipe.meta.get("path", "<Pipeline>")),
         "data": spec_text(data, entry), "data_entry": entry, "tasks": list(results), "seed": int(seed),
@@ -587,7 +342,6 @@ def set_threads(threads) -> None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"--threads must be a positive integer, got {threads!r}")
-    import torch
     torch.set_num_threads(threads)
 
 
@@ -597,8 +351,7 @@ def main(args) -> int:
     tasks = None
     if args.tasks:
         tasks = [t for item in args.tasks for t in item.replace(",", " ").split()]
-    from .pipeline import parse_options
-    options = parse_options(getattr(args, "options", None))
+    options = parse_options(getattr(args, "options", None), task_names())
     results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
                        device=args.device, seed=getattr(args, "seed", 0), options=options,
                        predictions=getattr(args, "predictions", None))

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,30 +14,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.specs import parse_value
+from .data.collate import collate
 from .errors import CheckpointError, InputError, TaskError, UnioError
-from .images import FILL, letterbox, load_image, to_pixel_values
-from .metrics import text_recall
 from .export import META_NAME, export_path, load_export
-from .tasks import Box, Detection, Example, Label, TaskContext, get_task
-from .images import check_box
+from .images import check_box, letterbox, load_image
+from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
+from .tasks.constraints import AllowedIdsProcessor
+from .tasks.dense import image_codes
+from .tasks.image_gen import to_pil
 
 __all__ = ["load", "Pipeline", "Run", "Box", "Detection", "Label"]
 
-RERANKERS = ("recaption", "caption", "pmi")  # how generate_image chooses among candidates
 CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
-# transformers generate() options a caller may pass through the task methods
-GENERATE_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                              "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size"})
-
-
-# task -> (Pipeline method, the per-item inputs it takes after the image, in order)
-TASK_METHODS = {"caption": ("caption", ()), "vqa": ("ask", ("question",)), "classify": ("classify", ()),
-                "detect": ("detect", ()), "ground": ("ground", ("expression",)),
-                "describe_region": ("describe_region", ("box",)), "classify_region": ("classify_region", ("box",)),
-                "segment": ("segment", ("expression",)), "depth": ("depth", ()),
-                "inpaint": ("inpaint", ("box", "text"))}
-PER_ITEM_INPUTS = ("question", "expression", "box", "text")
 
 
 def load(name_or_dir, device=None, dtype=None, device_map=None, batch_size: int = 16) -> "Pipeline":
@@ -71,7 +58,13 @@ class Run:
 
 # ---------------------------------------------------------------------- the pipeline
 class Pipeline:
-    """One model, every task. Each method takes one item or a list (batched with ``batch_size``)."""
+    """One model, every task. Each method takes one item or a list (batched with ``batch_size``).
+
+    :meth:`run` is the one path (``pipe.run("ground", image, expression="the red circle")``);
+    the named methods (:meth:`caption`, :meth:`detect`, ...) are conveniences over it that
+    name the task's inputs as positional arguments. Options are the task's own (see
+    ``unio.tasks.get_task(name).option_specs()``): checked and typed before the model runs.
+    """
 
     def __init__(self, model, ctx: TaskContext, meta: dict | None = None, batch_size: int = 16):
         self.model, self.ctx, self.meta = model, ctx, dict(meta or {})
@@ -93,117 +86,147 @@ class Pipeline:
 
     @property
     def tasks(self) -> list[str]:
-        return [t for t in self.ctx.prompts.tasks]
+        """The tasks the model has prompts for (what it was trained on)."""
+        return list(self.ctx.prompts.tasks)
 
     @property
     def classes(self) -> dict[str, list[str]]:
         return dict(self.ctx.classes)
 
-    # ------------------------------------------------------------------ task methods
-    def caption(self, image, *, prompt=None, batch_size=None, **gen):
-        return self._call("caption", image, {}, batch_size, gen, prompt=prompt)
+    # ------------------------------------------------------------------ the one path
+    def run(self, task: str, image=None, *, batch_size=None, **kwargs):
+        """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``.
 
-    def ask(self, image, question, *, prompt=None, batch_size=None, **gen):
-        return self._call("vqa", image, {"question": question}, batch_size, gen, prompt=prompt)
+        ``kwargs`` are the task's inputs (``question``, ``expression``, ``box``, ``text``: one, or a
+        list with one per image) and its options (``num_beams=3``, ``threshold=0.5``, ``guidance=3``,
+        ``prompt=...``). An input or option the task does not take, or an option of the wrong type,
+        raises :class:`InputError` before the model runs. A task without an image input
+        (generate_image) takes its text as the batch instead.
+        """
+        t = get_task(task)
+        known = {name for n in task_names() for name in get_task(n).inputs}  # any task's inputs
+        inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in known or k in t.inputs}
+        extra = sorted(set(inputs) - set(t.inputs))
+        if extra:
+            raise InputError(f"{task} takes no {' or '.join(extra)}"
+                             + (f"; its inputs: {', '.join(t.inputs)}" if t.inputs else ""))
+        options = t.check_options({k: v for k, v in kwargs.items() if v is not None})
+        t.before_run(self.ctx, {**self.task_defaults.get(task, {}), **options})
+        for name in t.inputs:
+            if inputs.get(name) is None and not (name == t.text_input and not t.needs_image and image is not None):
+                raise TaskError(f"task {task!r} needs {name}=...; pass one (or a list, one per image)")
+        if not t.needs_image:  # the batch is the texts (a positional argument is taken as the text)
+            if image is not None and inputs.get(t.text_input) is None:
+                inputs[t.text_input], image = image, None
+            if image is not None:
+                raise InputError(f"{task} makes its output from {t.text_input} alone; pass no image")
+            batch = not isinstance(inputs[t.text_input], str)
+            n = len(inputs[t.text_input]) if batch else 1
+            rows = [{}] * n
+        else:
+            if image is None:
+                raise TaskError(f"task {task!r} needs an image")
+            batch = _is_batch(image)
+            rows = [{"image": load_image(im)} for im in (list(image) if batch else [image])]
+            n = len(rows)
+        if not n:
+            raise InputError(f"{task} got an empty list of {'images' if t.needs_image else t.text_input + 's'}")
+        columns = {k: _broadcast(k, v, n, batch) for k, v in inputs.items()}
+        own, gen = t.split_options(options)
+        examples = [t.build(row, self.ctx, None, **{k: columns[k][i] for k in columns}, **own)
+                    for i, row in enumerate(rows)]
+        out = self.predict_examples(task, examples, batch_size=batch_size, gen=gen, **own)
+        return out if batch else out[0]
 
-    def classify(self, image, labels=None, *, prompt=None, batch_size=None, **gen):
+    def predict_examples(self, task_name: str, examples: Sequence[Example], *, batch_size=None, gen=None,
+                         **options) -> list:
+        """Generate and parse already built Examples (evaluation): one result per example.
+
+        ``options`` are the task's own options (``max_objects``, ``top_p``, ``guidance``, ``seed``,
+        ``labels`` ...), the export's ``task_defaults`` filling those left out; ``gen`` holds
+        transformers ``generate`` options (``num_beams`` ...).
+        """
+        task = get_task(task_name)
+        gen = task.check_options(dict(gen or {}))
+        options = task.check_options({**self.task_defaults.get(task_name, {}),
+                                      **{k: v for k, v in options.items() if v is not None}})
+        task.before_run(self.ctx, options)
+        k = task.candidates(options)
+        bs = int(batch_size or self.batch_size)
+        if k > 1:  # k samples of each example share one call: keep the call's rows bounded
+            bs = max(1, min(bs, CANDIDATE_ROWS // k))
+        results = []
+        for i in range(0, len(examples), bs):
+            chunk = list(examples[i:i + bs])
+            gen_kw = task.generation_kwargs(self.ctx, **options)
+            gen_kw.update(gen)
+            processors = task.logits_processors(self.ctx, chunk[0], batch=chunk, **options)
+            cond = [ex for ex in chunk for _ in range(k)]  # k samples of each example, side by side
+            outs = self._generate(cond + task.extra_rows(self.ctx, cond, options), processors, gen_kw,
+                                  task.needs_scores)
+            outs = task.choose(self, cond, outs, k, options) if k > 1 else outs
+            for ex, (ids, lp, raw) in zip(chunk, outs):
+                results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
+                                          image=ex.image, refine=options.get("refine", True)))
+        return task.finish(results, options)
+
+    # ------------------------------------------------------------------ named conveniences over run()
+    def caption(self, image, **options):
+        """A caption of each image (str)."""
+        return self.run("caption", image, **options)
+
+    def ask(self, image, question, **options):
+        """The answer (str) to ``question`` about each image (visual question answering)."""
+        return self.run("vqa", image, question=question, **options)
+
+    def classify(self, image, labels=None, **options):
         """The label (a ``str`` with a ``.score``) among ``labels`` (default: the model's image classes)."""
-        return self._call("classify", image, {}, batch_size, gen, prompt=prompt, labels=self._labels(labels, "image"))
+        return self.run("classify", image, labels=labels, **options)
 
-    def detect(self, image, *, max_objects=None, top_p=None, temperature=None, threshold=None, prompt=None,
-               batch_size=None, **gen):
+    def detect(self, image, **options):
         """Detections sorted by score; ``top_p`` samples (Pix2Seq), ``threshold`` drops low scores."""
-        results = self._call("detect", image, {}, batch_size, gen, prompt=prompt, max_objects=max_objects,
-                             top_p=top_p, temperature=temperature)
-        def clean(dets):
-            dets = sorted(dets, key=lambda d: -d.score)
-            return [d for d in dets if threshold is None or d.score >= threshold]
-        return [clean(r) for r in results] if _is_batch(image) else clean(results)
+        return self.run("detect", image, **options)
 
-    def ground(self, image, expression, *, prompt=None, batch_size=None, **gen):
-        return self._call("ground", image, {"expression": expression}, batch_size, gen, prompt=prompt)
+    def ground(self, image, expression, **options):
+        """The :class:`Box` (original pixels) of the object ``expression`` refers to (None if none)."""
+        return self.run("ground", image, expression=expression, **options)
 
-    def describe_region(self, image, box, *, prompt=None, batch_size=None, **gen):
-        return self._call("describe_region", image, {"box": box}, batch_size, gen, prompt=prompt)
+    def describe_region(self, image, box, **options):
+        """A short description (str) of the object inside ``box`` (x1, y1, x2, y2 pixels)."""
+        return self.run("describe_region", image, box=box, **options)
 
-    def classify_region(self, image, box, labels=None, *, prompt=None, batch_size=None, **gen):
-        return self._call("classify_region", image, {"box": box}, batch_size, gen, prompt=prompt,
-                          labels=self._labels(labels, "object"))
+    def classify_region(self, image, box, labels=None, **options):
+        """The label of the object inside ``box`` (default labels: the model's object classes)."""
+        return self.run("classify_region", image, box=box, labels=labels, **options)
 
-    def segment(self, image, expression, *, refine=True, prompt=None, batch_size=None, **gen):
-        """Bool mask (H, W) of the original image.
+    def segment(self, image, expression, **options):
+        """Bool mask (H, W) of the original image; ``refine=False`` reads the codes alone (no guide)."""
+        return self.run("segment", image, expression=expression, **options)
 
-        ``refine``: when the image tokenizer has a mask refiner, the picture guides the mask's
-        edges (``False``: the codes alone).
-        """
-        return self._call("segment", image, {"expression": expression}, batch_size, gen, prompt=prompt,
-                          refine=bool(refine))
+    def depth(self, image, **options):
+        """Depth float32 (H, W) of the original image (units of the image tokenizer's depth range);
+        ``refine=False`` reads the codes alone (no guide)."""
+        return self.run("depth", image, **options)
 
-    def depth(self, image, *, refine=True, prompt=None, batch_size=None, **gen):
-        """Depth float32 (H, W) of the original image (units of the image tokenizer's depth range).
-
-        ``refine``: when the image tokenizer has a depth refiner, the picture guides the decoded
-        edges (``False``: the codes alone).
-        """
-        return self._call("depth", image, {}, batch_size, gen, prompt=prompt, refine=bool(refine))
-
-    def generate_image(self, text, *, guidance=None, top_k=None, top_p=None, temperature=None, seed=None,
-                       candidates=None, rerank=None, size=None, prompt=None, batch_size=None, **gen):
+    def generate_image(self, text, **options):
         """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance (1: none).
 
         ``candidates`` = k > 1 samples k images per text and keeps the one that matches the text
         best by ``rerank``: ``"recaption"`` (the default where the model has a caption prompt), the
-        model captions each drawn picture and the one whose caption names most of the text
-        (:func:`text_recall`) wins, ties going to ``"caption"``, the text's log-likelihood as the
-        caption of the picture under the model itself; ``"pmi"``, log p(image | text) - log
-        p(image) under the model, which needs no caption prompt. Each costs about k times the
-        sampling (at most ``CANDIDATE_ROWS`` candidates are drawn in one batch). Options left at
-        None take the model's ``task_defaults`` (``unio.json``), else top_p 0.9, temperature 1.0,
-        no guidance and one candidate.
+        model captions each drawn picture and the one whose caption names most of the text wins,
+        ties going to ``"caption"``, the text's log-likelihood as the caption of the picture under
+        the model itself; ``"pmi"``, log p(image | text) - log p(image) under the model, which needs
+        no caption prompt. Each costs about k times the sampling. Options left out take the model's
+        ``task_defaults`` (``unio.json``), else top_p 0.9, temperature 1.0, no guidance and one
+        candidate; ``size=(W, H)`` resizes the result.
         """
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
-        if not texts:
+        if isinstance(text, (list, tuple)) and not text:
             raise InputError("generate_image got an empty list of texts")
-        items = [({}, {"text": t}) for t in texts]
-        sampling = dict(guidance=guidance, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-                        candidates=candidates, rerank=rerank)
-        out = self._predict("generate_image", items, batch_size, gen, prompt=prompt, **sampling)
-        if size is not None:
-            out = [im.resize(tuple(size), Image.BICUBIC) for im in out]
-        return out[0] if single else out
+        return self.run("generate_image", text=text, **options)
 
-    def inpaint(self, image, box, text, *, top_k=None, top_p=None, temperature=None, seed=None, prompt=None,
-                batch_size=None, **gen):
+    def inpaint(self, image, box, text, **options):
         """The image with the box redrawn to show ``text`` (content generated inside the box only)."""
-        return self._call("inpaint", image, {"box": box, "text": text}, batch_size, gen, prompt=prompt,
-                          top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
-
-    def run(self, task: str, image=None, *, batch_size=None, **inputs):
-        """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``.
-
-        Takes the same inputs and options as the task's method (``num_beams=3``, ``guidance=3``,
-        ``threshold=0.5`` ...); an option the task does not take raises :class:`InputError`.
-        """
-        get_task(task)
-        if task == "generate_image":
-            check_options(task, {k: v for k, v in inputs.items() if k != "text"})  # text is the input
-            return self.generate_image(inputs.pop("text", None) or _required("text", task), batch_size=batch_size,
-                                       **inputs)
-        if image is None:
-            raise TaskError(f"task {task!r} needs an image")
-        per_item = {k: inputs.pop(k) for k in PER_ITEM_INPUTS if k in inputs}
-        if task in TASK_METHODS:
-            method, needs = TASK_METHODS[task]
-            extra = sorted(set(per_item) - set(needs))
-            if extra:
-                raise InputError(f"{task} takes no {' or '.join(extra)}"
-                                 + (f"; its inputs: {', '.join(needs)}" if needs else ""))
-            check_options(task, inputs)
-            return getattr(self, method)(image, **{k: per_item.get(k) for k in needs}, batch_size=batch_size,
-                                         **inputs)
-        gen = {k: inputs.pop(k) for k in list(inputs) if k in GENERATE_OPTIONS}  # a task registered elsewhere
-        return self._call(task, image, per_item, batch_size, gen, **inputs)
+        return self.run("inpaint", image, box=box, text=text, **options)
 
     # ------------------------------------------------------------------ scoring, raw generation, parsing
     @torch.inference_mode()
@@ -221,7 +244,7 @@ class Pipeline:
             base = task.build({"image": load_image(im)}, self.ctx)
             for t in texts:
                 pairs.append(Example(**{**base.__dict__, "labels": self.ctx.encode_text(t) + [self.ctx.vocab.eos_id]}))
-        scores = self._target_loglik(pairs, [e.labels for e in pairs], batch_size or self.batch_size).tolist()
+        scores = self.target_loglik(pairs, [e.labels for e in pairs], batch_size or self.batch_size).tolist()
         rows = [scores[k * len(texts):(k + 1) * len(texts)] for k in range(len(images))]
         return rows if _is_batch(image) else rows[0]
 
@@ -241,7 +264,6 @@ class Pipeline:
             pil, info = letterbox(im, self.ctx.image_size) if im is not None else (None, None)
             examples.append(Example("generate", p, self.ctx.encode_text(p) + [self.ctx.vocab.eos_id], pil, None, [],
                                     None, info, {}))
-        from .tasks.constraints import AllowedIdsProcessor
         allowed = self.ctx.vocab.allowed_mask("text", "location", "image")
         out = []
         bs = int(batch_size or self.batch_size)
@@ -257,124 +279,12 @@ class Pipeline:
         t = get_task(task)
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         pil, info = letterbox(image, self.ctx.image_size) if image is not None else (None, None)
-        if image is not None and task == "inpaint":
+        if image is not None:
             meta.setdefault("original", load_image(image))
         return t.parse(ids, self.ctx, info, meta=meta, image=pil)
 
-    # ------------------------------------------------------------------ internals
-    def _labels(self, labels, kind):
-        if labels is None and not self.ctx.class_list(kind):
-            raise TaskError(f"this model stores no {kind} class list; pass labels=[...]")
-        return labels
-
-    def _call(self, task, image, per_item: dict, batch_size, gen: dict, **options):
-        """Broadcast per-item inputs over the image(s) and run the task."""
-        batch = _is_batch(image)
-        images = list(image) if batch else [image]
-        if not images:
-            raise InputError(f"{task} got an empty list of images")
-        columns = {k: _broadcast(k, v, len(images), batch) for k, v in per_item.items()}
-        items = [({"image": im}, {k: columns[k][i] for k in columns}) for i, im in enumerate(images)]
-        out = self._predict(task, items, batch_size, gen, **options)
-        return out if batch else out[0]
-
-    def predict_examples(self, task_name: str, examples: Sequence[Example], *, batch_size=None, gen=None,
-                         **options) -> list:
-        """Generate and parse already built Examples (evaluation): one result per example.
-
-        ``options`` are the task's decoding options (``max_objects``, ``top_p``, ``guidance``, ``seed``,
-        ``labels`` ...); ``gen`` holds transformers ``generate`` options (``num_beams`` ...).
-        """
-        task = get_task(task_name)
-        gen = dict(gen or {})
-        unknown = sorted(set(gen) - GENERATE_OPTIONS)
-        if unknown:
-            raise InputError(f"unknown option(s) {unknown} for {task_name}; decoding options are "
-                             f"{sorted(GENERATE_OPTIONS)}")
-        options = {**self.task_defaults.get(task_name, {}), **{k: v for k, v in options.items() if v is not None}}
-        if options.get("guidance") == 1:  # guidance 1 is plain conditional sampling: skip the second branch
-            del options["guidance"]
-        guidance = options.get("guidance")
-        if guidance is not None and not hasattr(task, "unconditional"):
-            raise InputError(f"classifier-free guidance is available for generate_image only, not {task_name}")
-        k = options.pop("candidates", 1)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"candidates must be a whole number >= 1, got {k!r}")
-        if k > 1 and not hasattr(task, "unconditional"):
-            raise InputError(f"candidates (sample several, keep the best) is available for generate_image only, "
-                             f"not {task_name}")
-        rerank = self._rerank(task_name, options.pop("rerank", None))
-        bs = int(batch_size or self.batch_size)
-        if k > 1:  # k samples of each example share one call: keep the call's rows bounded
-            bs = max(1, min(bs, CANDIDATE_ROWS // k))
-        results = []
-        for i in range(0, len(examples), bs):
-            chunk = list(examples[i:i + bs])
-            gen_kw = task.generation_kwargs(self.ctx, **options)
-            gen_kw.update(gen)
-            processors = task.logits_processors(self.ctx, chunk[0], batch=chunk, **options)
-            cond = [ex for ex in chunk for _ in range(k)]  # k samples of each example, side by side
-            rows = cond + [task.unconditional(self.ctx)] * len(cond) if guidance is not None else cond
-            outs = self._generate(rows, processors, gen_kw, task.needs_scores)
-            if k > 1:
-                outs = self._best_of(task, cond, outs, k, rerank)
-            for ex, (ids, lp, raw) in zip(chunk, outs):
-                results.append(task.parse(ids, self.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
-                                          image=ex.image, refine=options.get("refine", True)))
-        return results
-
-    def _rerank(self, task_name: str, rerank) -> str:
-        """The checked ``rerank`` option: how best-of-k chooses among candidates."""
-        if rerank is not None and task_name != "generate_image":
-            raise InputError(f"rerank (how candidates are chosen) is available for generate_image only, not {task_name}")
-        if rerank is None:
-            return "recaption" if "caption" in self.tasks else "pmi"
-        if rerank not in RERANKERS:
-            raise InputError(f"rerank must be one of {', '.join(RERANKERS)}, got {rerank!r}")
-        if rerank in ("caption", "recaption") and "caption" not in self.tasks:
-            raise InputError(f"rerank={rerank!r} scores pictures with the model's caption prompt, and this model has "
-                             f"none (its tasks: {', '.join(self.tasks)}); use rerank='pmi'")
-        return rerank
-
-    def _best_of(self, task, cond: list, outs: list, k: int, rerank: str = "pmi") -> list:
-        """Of each example's ``k`` samples, the one that matches its text best.
-
-        ``rerank="caption"``: the text's log-likelihood as the caption of the drawn picture (the
-        model read as an image-to-text scorer, as DALL-E reranked its samples with CLIP, Ramesh et
-        al., 2021). ``rerank="recaption"``: the model also captions each picture, and the picture
-        whose caption repeats most of the text's words and word pairs wins (``text_recall``), the
-        caption log-likelihood breaking ties; the likelihood alone also pays for the order the
-        text lists things in, the recall only for what the picture shows. ``rerank="pmi"``:
-        log p(codes | prompt) - log p(codes | unconditional prompt), the pointwise mutual
-        information of image and text under the model (the implicit classifier of classifier-free
-        guidance, Ho & Salimans, 2022), so a sample is kept for matching its text, not for being
-        plain; the codes scored are those of the picture as drawn (decoded, then encoded again), so
-        sampled codes the decoder draws alike score alike.
-        """
-        from .tasks.dense import image_codes
-        tok, vocab = self.ctx.image_tokenizer, self.ctx.vocab
-        sampled = torch.as_tensor(np.stack([image_codes(ids, self.ctx) for ids, _, _ in outs[: len(cond)]]))
-        pictures = [tok.decode(sampled[i:i + 64]) for i in range(0, len(sampled), 64)]
-        match = np.zeros(len(cond))
-        if rerank in ("caption", "recaption"):
-            from .tasks.image_gen import to_pil
-            caption = get_task("caption")
-            rows = [caption.build({"image": to_pil(p)}, self.ctx) for chunk in pictures for p in chunk]
-            score = self._target_loglik(rows, [self.ctx.encode_text(ex.meta["text"]) + [vocab.eos_id] for ex in cond])
-            if rerank == "recaption":
-                said = self.predict_examples("caption", rows)
-                match = np.array([text_recall(ex.meta["text"], s) for ex, s in zip(cond, said)])
-        else:
-            drawn = torch.cat([tok.encode(p) for p in pictures])
-            targets = [[int(t) for t in vocab.image_ids(c.flatten().cpu().numpy())] + [vocab.eos_id] for c in drawn]
-            score = self._target_loglik(cond, targets) - self._target_loglik(
-                [task.unconditional(self.ctx)] * len(cond), targets)
-        best = [j * k + max(range(k), key=lambda c: (match[j * k + c], score[j * k + c]))
-                for j in range(len(cond) // k)]
-        return [outs[b] for b in best]
-
     @torch.inference_mode()
-    def _target_loglik(self, examples: Sequence[Example], targets: Sequence[list[int]],
+    def target_loglik(self, examples: Sequence[Example], targets: Sequence[list[int]],
                        batch_size: int | None = None) -> np.ndarray:
         """Sum of log-probabilities of each target (global ids) after its example's prompt (teacher
         forcing), ``batch_size`` rows at a time (default: four times the pipeline's)."""
@@ -393,41 +303,16 @@ class Pipeline:
             scores += (logp * (labels != -100)).sum(-1).tolist()
         return np.asarray(scores, dtype=np.float64)
 
-    def _predict(self, task_name: str, items, batch_size, gen: dict, **options) -> list:
-        """Build each item's Example (canonical prompt, or the caller's ``prompt``), then predict."""
-        task = get_task(task_name)
-        extra = {k: options.pop(k) for k in ("prompt", "labels") if options.get(k) is not None}
-        examples = []
-        for sample, inputs in items:
-            sample = {"image": load_image(sample["image"])} if sample.get("image") is not None else {}
-            examples.append(task.build(sample, self.ctx, None, **inputs, **extra))
-        if "labels" in extra:
-            options["labels"] = extra["labels"]
-        return self.predict_examples(task_name, examples, batch_size=batch_size, gen=gen, **options)
-
+    # ------------------------------------------------------------------ internals
     def _collate(self, examples: Sequence[Example]) -> dict:
-        dev, ctx = self.device, self.ctx
-        batch: dict[str, torch.Tensor] = {}
-        has_image = [e.image is not None for e in examples]
-        if any(has_image):
-            S = ctx.image_size
-            blank = Image.new("RGB", (S, S), FILL)
-            pixels = to_pixel_values([e.image if e.image is not None else blank for e in examples])
-            batch["pixel_values"] = pixels.to(dev, self.dtype)
-            if not all(has_image):
-                batch["has_image"] = torch.tensor(has_image, device=dev)
-            if any(e.patch_mask is not None for e in examples):
-                G = ctx.patch_grid
-                pm = np.stack([e.patch_mask if e.patch_mask is not None else np.zeros((G, G), bool) for e in examples])
-                batch["patch_mask"] = torch.from_numpy(pm).to(dev)
-        L = max(len(e.input_ids) for e in examples)
-        ids = torch.full((len(examples), L), ctx.vocab.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), L), dtype=torch.long)
-        for r, e in enumerate(examples):
-            ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
-            mask[r, : len(e.input_ids)] = 1
-        batch["input_ids"], batch["attention_mask"] = ids.to(dev), mask.to(dev)
-        return batch
+        """The model's inputs of ``examples`` (prompts padded to the longest), on the model's device."""
+        batch = collate(examples, self.ctx.vocab, 1)
+        out = {}
+        for key in ("pixel_values", "has_image", "patch_mask", "input_ids", "attention_mask"):
+            if batch[key] is not None:
+                value = batch[key].to(self.device)
+                out[key] = value.to(self.dtype) if key == "pixel_values" else value
+        return out
 
     @torch.inference_mode()
     def _generate(self, examples, processors, gen_kw: dict, want_scores: bool):
@@ -471,8 +356,6 @@ class Pipeline:
                 runs.append(Run("boxes", boxes))
             elif seg.kind == "image":
                 if ctx.image_tokenizer is not None and len(seg.ids) == ctx.image_codes:
-                    from .tasks.dense import image_codes
-                    from .tasks.image_gen import to_pil
                     pixels = ctx.image_tokenizer.decode(image_codes(ctx.vocab.image_ids(seg.ids), ctx)[None])[0]
                     runs.append(Run("image", to_pil(pixels)))
                 else:
@@ -489,9 +372,7 @@ def _is_batch(x) -> bool:
 
 
 def _broadcast(name: str, value, n: int, batch: bool) -> list:
-    """A per-item input (question, expression, box, text) for each of ``n`` images."""
-    if value is None:
-        raise TaskError(f"this task needs {name}=...; pass one (or a list, one per image)")
+    """A per-item input (question, expression, box, text) for each of ``n`` items."""
     if name == "box":
         rows = value.to_list() if isinstance(value, Box) else value
         try:
@@ -511,19 +392,6 @@ def _broadcast(name: str, value, n: int, batch: bool) -> list:
     raise InputError(f"{name} must be a string, or a list of {n} strings (one per image); got {value!r:.80}")
 
 
-@functools.lru_cache(maxsize=None)
-def task_options(task: str) -> frozenset[str]:
-    """The options ``Pipeline.run(task, ...)`` takes besides the image and per-item inputs:
-    the task method's keywords plus transformers ``generate`` options."""
-    import inspect
-    method = "generate_image" if task == "generate_image" else TASK_METHODS.get(task, (None,))[0]
-    if method is None:  # a task registered elsewhere: its own options are not known here
-        return GENERATE_OPTIONS
-    params = inspect.signature(getattr(Pipeline, method)).parameters.values()
-    named = {p.name for p in params if p.kind != p.VAR_KEYWORD}
-    return frozenset((named | GENERATE_OPTIONS) - {"self", "image", "text", "batch_size", *PER_ITEM_INPUTS})
-
-
 def _task_defaults(meta: dict) -> dict[str, dict]:
     """``unio.json``'s optional ``task_defaults`` ({task: {option: value}}: decoding defaults chosen
     for this model, e.g. ``{"generate_image": {"guidance": 2.5, "temperature": 0.6}}``), checked."""
@@ -534,63 +402,24 @@ def _task_defaults(meta: dict) -> dict[str, dict]:
                               f"e.g. {{\"generate_image\": {{\"guidance\": 2.5}}}}; got {raw!r}")
     for task, options in raw.items():
         try:
-            get_task(task)
-            check_options(task, options)
+            get_task(task).check_options(options)
         except UnioError as exc:
             raise CheckpointError(f"task_defaults in {where}: {exc}") from None
     return {task: dict(options) for task, options in raw.items()}
 
 
-def check_options(task: str, options: dict) -> None:
-    """InputError naming what ``task`` takes when ``options`` has a key it does not."""
-    if TASK_METHODS.get(task) is None and task != "generate_image":
-        return
-    unknown = sorted(set(options) - task_options(task))
-    if unknown:
-        raise InputError(f"unknown option(s) {unknown} for {task}; it takes {sorted(task_options(task))}")
-
-
-def parse_options(items) -> dict:
-    """The CLI's ``--option [TASK.]KEY=VALUE`` strings -> ``{TASK or None: {KEY: value}}``.
-
-    Values read as YAML scalars do (``3`` int, ``0.9`` float, ``true``, ``none``); ``None``
-    scopes an option to every task.
-    """
-    from .tasks import task_names
-    out: dict = {}
-    for item in items or []:
-        key, sep, text = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key or not text.strip():
-            raise InputError(f"--option {item!r} is not KEY=VALUE; write e.g. --option num_beams=3 or "
-                             "--option generate_image.guidance=3")
-        scope, _, name = key.rpartition(".")
-        if scope and scope not in task_names():
-            raise TaskError(f"--option {item!r} names unknown task {scope!r}; choose one of: {', '.join(task_names())}")
-        out.setdefault(scope or None, {})[name] = _option_value(text.strip())
-    return out
-
-
 def options_for(task: str, options: dict, several_tasks: bool = True) -> dict:
-    """The options of ``parse_options`` that apply to ``task``, checked against what it takes
-    (``several_tasks``: the error tells how to scope an option to one task)."""
+    """The parsed ``--option`` values (``{task or None: {key: value}}``) that apply to ``task``,
+    typed and checked by the task (``several_tasks``: the error tells how to scope an option)."""
+    t = get_task(task)
     merged = {**options.get(None, {}), **options.get(task, {})}
     try:
-        check_options(task, merged)
+        return t.check_options(merged)
     except InputError as exc:
         hint = ""
-        unscoped = sorted(set(options.get(None, {})) - task_options(task))
+        unscoped = sorted(set(options.get(None, {})) - set(t.option_specs()))
         if unscoped and several_tasks:
-            takers = [t for t in [*TASK_METHODS, "generate_image"] if unscoped[0] in task_options(t)]
+            takers = [n for n in task_names() if unscoped[0] in get_task(n).option_specs()]
             hint = (" (an option written without TASK. applies to every task; scope it"
                     + (f", e.g. --option {takers[0]}.{unscoped[0]}=..." if takers else "") + ")")
         raise InputError(f"{exc}{hint}") from None
-    return merged
-
-
-def _option_value(text: str):
-    return None if text.lower() in ("none", "null") else parse_value(text)
-
-
-def _required(name, task):
-    raise TaskError(f"task {task!r} needs {name}=...")

@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import InputError
 from .images import load_image
 
-__all__ = ["draw_boxes", "overlay_mask", "colorize_depth", "image_grid", "PALETTE", "VIRIDIS"]
+__all__ = ["draw_boxes", "overlay_mask", "colorize_depth", "image_grid", "enlarge", "boxes_panel", "mask_panel",
+           "PALETTE", "VIRIDIS", "TRUTH", "PRED"]
 
 # Distinct colours for successive boxes (Tableau 10).
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -26,6 +27,8 @@ PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 # uniform map readable in grey and by colour-blind viewers; interpolated linearly in between.
 VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
                     (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
+
+TRUTH, PRED = (44, 160, 44), (214, 39, 40)   # ground truth green, prediction red, in panels beside each other
 
 
 @functools.lru_cache(maxsize=4)
@@ -142,3 +145,29 @@ def image_grid(images, captions: Sequence[str] | None = None, cols: int | None =
         for j, line in enumerate(wrapped[k] if wrapped else []):
             draw.text((x, y + cell_h + 1 + j * line_h), line, fill=(0, 0, 0), font=font)
     return grid
+
+
+# ---------------------------------------------------------------------- task panels
+def enlarge(image, scale: float = 1.0) -> Image.Image:
+    """``image`` resized by ``scale`` with nearest-neighbour sampling (small pictures drawn big)."""
+    image = load_image(image)
+    if scale == 1.0:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.NEAREST)
+
+
+def boxes_panel(image, boxes, labels=None, scores=None, colors=None, scale: float = 1.0) -> Image.Image:
+    """:func:`draw_boxes` on ``image`` enlarged by ``scale`` (boxes in the original's pixels)."""
+    boxes = [[float(v) * scale for v in b] for b in boxes]
+    return draw_boxes(enlarge(image, scale), boxes, labels=labels, scores=scores, colors=colors,
+                      width=2 if scale != 1.0 else None)
+
+
+def mask_panel(image, mask, color=PRED, scale: float = 1.0) -> Image.Image:
+    """:func:`overlay_mask` on ``image`` enlarged by ``scale``."""
+    big = enlarge(image, scale)
+    if scale == 1.0:
+        return overlay_mask(big, mask, color=color)
+    m = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(big.size, Image.NEAREST)
+    return overlay_mask(big, np.asarray(m) > 127, color=color, alpha=0.6)

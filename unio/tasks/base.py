@@ -14,12 +14,15 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from .. import viz
 from ..errors import InputError, TaskError
 from ..images import Letterbox, check_box, letterbox, load_image
 from ..prompts import Prompts, parts_to_text
 from ..tokenizers.locations import LocationTokenizer
 from ..tokenizers.text import TextTokenizer
 from ..vocab import UnifiedVocab
+from .constraints import AllowedIdsProcessor
+from .options import GENERATE, PROMPT, Option
 
 __all__ = ["TaskContext", "Example", "Task", "Box", "Detection", "Label", "check_box"]
 
@@ -167,16 +170,64 @@ class Label(str):
 
 # ---------------------------------------------------------------------- the base class
 class Task:
-    """Base class: subclasses set ``name``, ``placeholders`` and override build / parse / metric."""
+    """Base class of every task; a subclass sets ``name`` and overrides what differs.
+
+    What a task declares (class attributes):
+
+    - ``inputs``: the per-item inputs besides the image, in the order the Pipeline's named method
+      takes them (``"question"``, ``"expression"``, ``"text"``: strings; ``"box"``: a pixel box);
+      evaluation reads them from ``example.meta``. ``text_input`` is the one ``unio predict --text``
+      fills (default: the first text input).
+    - ``options``: its own decoding options (:class:`~unio.tasks.options.Option`, typed and checked);
+      every task also takes transformers' ``generate`` options and ``prompt``.
+    - ``headline``: the metric ``unio demo`` shows; ``writes_image``: the answer is VQ codes (the
+      model needs an image tokenizer, and the demo scores fewer of them); ``prompts``: templates
+      used when prompts/*.yaml has no entry for the task (``{"canonical": ..., "paraphrases": [...]}``).
+
+    What it does (methods): ``build`` a sample into an :class:`Example`, constrain decoding
+    (``logits_processors``, ``generation_kwargs``), ``parse`` generated ids (never raises),
+    ``finish`` the parsed results with the caller's options, ``metric`` (every figure ``unio eval``
+    reports), ``example_record`` (one line of ``eval --predictions``), ``to_record`` (one line of
+    ``unio predict``), ``panels`` (pictures for ``--viz`` and the demo sheet).
+    """
 
     name: str = ""
     placeholders: frozenset = frozenset()   # prompt placeholders the task fills
+    inputs: tuple[str, ...] = ()
+    text_input: str | None = None
+    options: dict[str, Option] = {}
+    headline: str = ""
+    writes_image: bool = False
+    prompts: dict | None = None
     needs_image: bool = True
     needs_scores: bool = False              # parse reads token log-probabilities (scores, confidences)
     max_new_tokens: int = 32
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.text_input is None:
+            cls.text_input = next((i for i in cls.inputs if i != "box"), None)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+    # -- options
+    def option_specs(self) -> dict[str, Option]:
+        """Every option the task takes: generate options, ``prompt``, then its own (which win)."""
+        return {**GENERATE, "prompt": PROMPT, **self.options}
+
+    def check_options(self, options: dict) -> dict:
+        """``options`` typed and checked; InputError naming an unknown option and what the task takes."""
+        specs = self.option_specs()
+        unknown = sorted(set(options) - set(specs))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} for {self.name}; it takes {sorted(specs)}")
+        return {k: specs[k].check(k, v, self.name) for k, v in options.items()}
+
+    def split_options(self, options: dict) -> tuple[dict, dict]:
+        """Checked options -> (the task's own + prompt, transformers generate options)."""
+        gen = {k: v for k, v in options.items() if k in GENERATE and k not in self.options and v is not None}
+        return {k: v for k, v in options.items() if k not in gen}, gen
 
     # -- to override
     def can_build(self, sample: dict) -> bool:
@@ -185,8 +236,15 @@ class Task:
     def build(self, sample: dict, ctx: TaskContext, rng: np.random.Generator | None = None, **inputs) -> Example:
         raise NotImplementedError
 
+    def pick_item(self, sample: dict, rng: np.random.Generator) -> dict:
+        """The sample narrowed to the one item (question, expression, object) evaluation asks about.
+
+        ``build`` with ``rng=None`` takes the first item of each list; this lets evaluation ask
+        about a seeded choice instead (else every VQA example would be the first question).
+        """
+        return sample
+
     def logits_processors(self, ctx: TaskContext, example: Example | None = None, **overrides) -> list:
-        from .constraints import AllowedIdsProcessor
         return [AllowedIdsProcessor(ctx.vocab.allowed_mask("text"))]
 
     def generation_kwargs(self, ctx: TaskContext, **overrides) -> dict:
@@ -195,8 +253,61 @@ class Task:
     def parse(self, ids, ctx: TaskContext, info: Letterbox | None = None, **kw):
         raise NotImplementedError
 
-    def metric(self, predictions: list, examples: list[Example]) -> dict[str, float]:
+    def before_run(self, ctx: TaskContext, options: dict) -> None:
+        """Checks of checked options against the model (its class lists, its prompts), before any
+        example is built; raise an InputError or TaskError saying what to pass instead."""
+
+    def candidates(self, options: dict) -> int:
+        """How many samples to draw per example (best-of-k; see ``choose``)."""
+        return 1
+
+    def extra_rows(self, ctx: TaskContext, rows: list, options: dict) -> list:
+        """Rows decoded beside ``rows`` in the same batch (classifier-free guidance's unconditional
+        branch); their outputs are dropped."""
+        return []
+
+    def choose(self, runner, cond: list, outs: list, k: int, options: dict) -> list:
+        """One output of each example's ``k`` candidates (``outs`` in ``cond``'s order)."""
+        return outs[::k]
+
+    def finish(self, results: list, options: dict) -> list:
+        """Parsed results after the caller's options (detect's ``threshold``); default unchanged."""
+        return results
+
+    def eval_options(self, ctx: TaskContext, examples: list[Example]) -> dict:
+        """Options evaluation passes (classify without a class list: the labels of the data)."""
+        return {}
+
+    def metric(self, predictions: list, examples: list[Example], samples: list | None = None, judge=None) -> dict:
+        """Every figure evaluation reports. ``samples`` are the examples' samples; ``judge`` runs
+        other tasks on the predictions where a figure needs that (text-to-image consistency).
+        A figure computed per example may come back under ``"per_example"`` (a list of dicts, one
+        per example): evaluation adds them to the ``--predictions`` records, not to the metrics."""
         raise NotImplementedError
+
+    def example_record(self, prediction, example: Example, sample: dict) -> dict:
+        """``eval --predictions``: the prediction, the truth and this example's own figure."""
+        return {"prediction": as_dict(prediction)}
+
+    def to_record(self, result, inputs: dict, files: Path, stem: str) -> dict:
+        """``unio predict``: one result as JSON fields (large outputs written under ``files``)."""
+        return {"result": as_dict(result)}
+
+    def panels(self, image, result, example: Example | None = None, scale: float = 1.0, judge=None,
+               inputs: dict | None = None) -> list:
+        """Pictures of one result: [(PIL image, caption)], each ``scale`` times the input's size;
+        with ``example``, its truth beside (the demo sheet)."""
+        return [(viz.enlarge(image, scale), short(as_text(result)))] if image is not None else []
+
+    def summary(self, prediction, example: Example) -> tuple[str, str]:
+        """(truth, prediction) of one example as short text (the demo's table)."""
+        return "", short(as_text(prediction))
+
+    picture_files: tuple[str, ...] = ()     # suffixes ``unio predict --out`` may name the answer's picture with
+
+    def save_picture(self, result, path: Path) -> None:
+        """Write the answer as the picture file ``path`` (a suffix of ``picture_files``)."""
+        raise TaskError(f"{self.name} writes JSON records, not a picture")
 
     # -- helpers for subclasses
     def _image(self, sample: dict, ctx: TaskContext) -> tuple[Image.Image, Letterbox]:
@@ -259,6 +370,16 @@ def location_limits(ctx: TaskContext, examples) -> list[tuple[int, int]] | None:
 def pick(items: Sequence, rng) -> Any:
     """The first item at inference (rng None), a random one in training."""
     return items[0] if rng is None else items[int(rng.integers(len(items)))]
+
+
+def short(text, n: int = 44) -> str:
+    """One line of at most ``n`` characters (pictures' captions, the demo table)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def as_text(result) -> str:
+    return "(empty)" if result is None or result == "" else str(result)
 
 
 def as_dict(result) -> Any:

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import math
 
+from .. import viz
 from ..errors import InputError, TaskError
+from ..metrics import accuracy
+from . import register
 from .base import Example, Label, Task, TaskContext, check_box, pick
 from .constraints import AllowedIdsProcessor, LabelTrie, TrieProcessor
+from .options import Option
+from .text import box_list, fmt_box, one_object
 
 
 def label_set(labels, ctx: TaskContext, kind: str) -> list[str] | None:
@@ -43,9 +48,12 @@ def sequence_score(ids, logprobs) -> float:
     return math.exp(total) if math.isfinite(total) else 0.0
 
 
+@register
 class Classify(Task):
     name = "classify"
     kind = "image"           # which class list of the model applies
+    options = {"labels": Option("labels", doc="the label set to choose from (default: the model's classes)")}
+    headline = "accuracy"
     needs_scores = True
     max_new_tokens = 16
 
@@ -82,18 +90,66 @@ class Classify(Task):
         end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
         return Label(ctx.decode_text(ids[:end]), sequence_score(ids[:end], logprobs))
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        from ..metrics import accuracy
+    def before_run(self, ctx, options) -> None:
+        if options.get("labels") is None and not ctx.class_list(self.kind):
+            raise TaskError(f"this model stores no {self.kind} class list; pass labels=[...]")
+
+    def eval_options(self, ctx, examples) -> dict:
+        """Without a class list in the model, choose among the labels of the data."""
+        if ctx.class_list(self.kind):
+            return {}
+        return {"labels": sorted({e.meta["label"] for e in examples if e.meta.get("label")})}
+
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
         pairs = [(str(p).strip(), e.meta["label"]) for p, e in zip(predictions, examples) if e.meta.get("label")]
         return {"accuracy": accuracy([p for p, _ in pairs], [t for _, t in pairs]) if pairs else float("nan")}
 
+    def example_record(self, prediction, example, sample) -> dict:
+        return {"prediction": str(prediction), "score": float(getattr(prediction, "score", float("nan"))),
+                "truth": example.meta["label"], "correct": str(prediction) == example.meta["label"]}
 
+    def to_record(self, result, inputs, files, stem) -> dict:
+        return {"label": str(result), "score": finite(result.score)}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        return str(example.meta.get("label")), str(prediction)
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        said = f"{result} {result.score:.2f}"
+        if example is not None:
+            said = f"{self.name}: {result} (truth: {example.meta.get('label')})"
+        return [(viz.enlarge(image, scale), said)]
+
+
+def finite(v) -> float | None:
+    """A float for JSON: None where it is NaN or infinite."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+@register
 class ClassifyRegion(Classify):
     """The label of the object inside a box given as location tokens."""
 
     name = "classify_region"
     kind = "object"
     placeholders = frozenset({"region"})
+    inputs = ("box",)
+
+    def pick_item(self, sample, rng):
+        return one_object(sample, rng)
+
+    def example_record(self, prediction, example, sample) -> dict:
+        return {**super().example_record(prediction, example, sample), "box": box_list(example.meta["box"])}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        return f"{example.meta.get('label')} at {fmt_box(example.meta['box'])}", str(prediction)
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        if example is None:
+            return super().panels(image, result, scale=scale)
+        return [(viz.boxes_panel(image, [example.meta["box"]], colors=[viz.TRUTH], scale=scale),
+                 f"{self.name}: {result} (truth: {example.meta.get('label')})")]
 
     def can_build(self, sample: dict) -> bool:
         return Task.can_build(self, sample) and bool(sample.get("objects"))

@@ -10,27 +10,19 @@ the kind (unio.tokenizers.refine), the input picture guides the decoded edges (o
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from ..images import Letterbox, unletterbox
+from .. import viz
+from ..data.coco import encode_mask
+from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox_array, unletterbox
+from ..metrics import depth_metrics, mask_iou, miou
+from . import register
 from .base import Example, Task, TaskContext
+from .classify import finite
 from .constraints import ImageCodesProcessor
-from .ground import expression_and_object
+from .ground import expression_and_object, one_expression
+from .options import Option
 
-
-def letterbox_array(arr: np.ndarray, size: int, fill: float, nearest: bool) -> np.ndarray:
-    """An (H, W) mask or depth map placed top-left in a size x size canvas (as images.letterbox)."""
-    arr = np.asarray(arr)
-    info = Letterbox(arr.shape[1], arr.shape[0], int(size))
-    w, h = info.content
-    if nearest:
-        small = np.asarray(Image.fromarray(arr.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
-        out = np.full((size, size), bool(fill))
-    else:
-        small = np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-        out = np.full((size, size), fill, dtype=np.float32)
-    out[:h, :w] = small
-    return out
+REFINE = Option(bool, doc="let the input picture guide the decoded edges when the image tokenizer has a refiner")
 
 
 def image_codes(ids, ctx: TaskContext) -> np.ndarray:
@@ -67,6 +59,8 @@ def to_original(dense, info: Letterbox | None, ctx: TaskContext):
 
 class DenseTask(Task):
     max_new_tokens = 0  # set from the image tokenizer
+    writes_image = True
+    options = {"refine": REFINE}
 
     def logits_processors(self, ctx, example: Example | None = None, **overrides) -> list:
         return [ImageCodesProcessor(ctx.vocab, ctx.image_codes)]
@@ -79,9 +73,17 @@ class DenseTask(Task):
         return [int(i) for i in ctx.vocab.image_ids(flat)] + [ctx.vocab.eos_id]
 
 
+@register
 class Segment(DenseTask):
+    """Referring expression -> mask. Scored by ``miou``, the mean over expressions of the mask IoU."""
+
     name = "segment"
     placeholders = frozenset({"expression"})
+    inputs = ("expression",)
+    headline = "miou"
+
+    def pick_item(self, sample, rng):
+        return one_expression(sample, rng, with_mask=True)
 
     def can_build(self, sample: dict) -> bool:
         objects = sample.get("objects") or []
@@ -104,13 +106,40 @@ class Segment(DenseTask):
         mask = ctx.image_tokenizer.decode_mask(image_codes(ids, ctx)[None], guide=guide(kw))[0]
         return np.asarray(to_original(np.asarray(mask, dtype=bool), info, ctx), dtype=bool)
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        from ..metrics import miou
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
         return {"miou": float(miou(predictions, [e.meta.get("mask") for e in examples]))}
 
+    def example_record(self, prediction, example, sample) -> dict:
+        m = example.meta
+        return {"prediction": encode_mask(prediction), "truth": encode_mask(m["mask"]),
+                "expression": m.get("expression"), "iou": mask_iou(prediction, m["mask"])}
 
+    def to_record(self, result, inputs, files, stem) -> dict:
+        return {"expression": inputs.get("expression"), "mask": encode_mask(result), "area": int(result.sum())}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        m = example.meta
+        return (f"{m['expression']}: {int(np.sum(m['mask']))} px",
+                f"{int(np.sum(prediction))} px, IoU {mask_iou(prediction, m['mask']):.2f}")
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        if example is None:
+            return [(viz.mask_panel(image, result, scale=scale), (inputs or {}).get("expression") or "")]
+        m = example.meta
+        return [(viz.mask_panel(image, result, viz.PRED, scale), f"segment '{m['expression']}': IoU "
+                 f"{mask_iou(result, m['mask']):.2f}"), (viz.mask_panel(image, m["mask"], viz.TRUTH, scale),
+                                                         "segment: truth")]
+
+
+@register
 class Depth(DenseTask):
+    """Depth map. Scored by ``absrel``, ``rmse``, ``delta1`` over the pixels named by ``pixels``:
+    ``"objects"`` (the union of the object masks) where the sample has masks, since the background
+    would dominate an all-pixel mean; ``absrel_all`` over every valid pixel."""
+
     name = "depth"
+    headline = "absrel"
+    picture_files = (*IMAGE_EXTENSIONS, ".npy")
 
     def can_build(self, sample: dict) -> bool:
         return super().can_build(sample) and sample.get("depth") is not None
@@ -131,6 +160,52 @@ class Depth(DenseTask):
         depth = ctx.image_tokenizer.decode_depth(image_codes(ids, ctx)[None], guide=guide(kw))[0]
         return np.asarray(to_original(np.asarray(depth, dtype=np.float32), info, ctx), dtype=np.float32)
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        from ..metrics import depth_metrics
-        return {k: float(v) for k, v in depth_metrics(predictions, [e.meta.get("depth") for e in examples]).items()}
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict:
+        truth = [e.meta["depth"] for e in examples]
+        if samples is None:
+            return {k: float(v) for k, v in depth_metrics(predictions, truth).items()}
+        masks = [object_pixels(s) for s in samples]
+        n_objects = sum(m is not None for m in masks)
+        out: dict = depth_metrics(predictions, truth, masks)
+        out["pixels"] = ("objects" if n_objects == len(samples) else "all" if n_objects == 0
+                         else "objects where masked, else all")
+        out["absrel_all"] = depth_metrics(predictions, truth)["absrel"]
+        return out
+
+    def example_record(self, prediction, example, sample) -> dict:
+        union = object_pixels(sample)
+        return {"prediction": None, "truth": None, "absrel": depth_metrics(prediction, example.meta["depth"], union)["absrel"],
+                "pixels": "objects" if union is not None else "all"}
+
+    def to_record(self, result, inputs, files, stem) -> dict:
+        files.mkdir(parents=True, exist_ok=True)
+        npy, png = files / f"{stem}_depth.npy", files / f"{stem}_depth.png"
+        np.save(npy, result.astype(np.float32))
+        viz.colorize_depth(result).save(png)
+        return {"depth_npy": str(npy), "depth_png": str(png), "min": finite(result.min()), "max": finite(result.max())}
+
+    def save_picture(self, result, path) -> None:
+        if path.suffix.lower() == ".npy":
+            np.save(path, result.astype(np.float32))
+        else:
+            viz.colorize_depth(result).save(path)
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        d = example.meta["depth"]
+        return (f"depth {np.min(d):.2f}..{np.max(d):.2f}",
+                f"AbsRel {depth_metrics(prediction, d)['absrel']:.2f} (all pixels)")
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        if example is None:
+            return []  # the map itself is written beside the records
+        far = float(judge.ctx.image_tokenizer.depth_range[1]) if judge is not None else float(np.max(result))
+        draw = lambda d: viz.enlarge(viz.colorize_depth(d, vmin=0.0, vmax=far, reverse=True), scale)  # noqa: E731
+        absrel = depth_metrics(result, example.meta["depth"])["absrel"]
+        return [(draw(result), f"depth: AbsRel {absrel:.2f} (bright = near)"), (draw(example.meta["depth"]), "depth: truth")]
+
+
+def object_pixels(sample) -> np.ndarray | None:
+    """The union of the sample's object masks; None without masks or when it is empty."""
+    masks = [np.asarray(o["mask"], dtype=bool) for o in sample.get("objects") or [] if o.get("mask") is not None]
+    union = np.logical_or.reduce(masks) if masks else None
+    return union if union is not None and union.any() else None

@@ -20,18 +20,33 @@ read from the unconstrained distribution, so a box the model thinks is noise sco
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
+from .. import viz
 from ..errors import BoxError
+from ..metrics import coco_detection_map
+from . import register
 from .base import Detection, Example, Task, TaskContext, location_limits
+from .classify import finite
 from .constraints import BoxesProcessor, LabelTrie
+from .options import Option
+from .text import box_list
 
 NOISE = "noise"
 
 
+@register
 class Detect(Task):
     name = "detect"
+    options = {
+        "max_objects": Option(int, min=1, doc="most boxes to write (default 20)"),
+        "top_p": Option(float, above=0, max=1, doc="nucleus sampling of the sequence (Pix2Seq); default greedy"),
+        "temperature": Option(float, above=0, doc="sampling temperature with top_p"),
+        "threshold": Option(float, min=0, max=1, doc="drop boxes scoring below this"),
+    }
+    headline = "map50"
     needs_scores = True
 
     def __init__(self, max_objects: int = 20, max_noise: int = 4, noise_coord_weight: float = 0.0,
@@ -175,8 +190,60 @@ class Detect(Task):
             total = sum(both) / max(len(both), 1)
         return math.exp(total) if math.isfinite(total) else 0.0
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        from ..metrics import coco_detection_map
-        truth = [[{"box": b, "label": l} for b, l in zip(e.meta.get("boxes", []), e.meta.get("labels", []))]
-                 for e in examples]
-        return coco_detection_map(predictions, truth)
+    def finish(self, results, options) -> list:
+        """Detections sorted by score, those under ``threshold`` dropped."""
+        threshold = options.get("threshold")
+        return [[d for d in sorted(dets, key=lambda d: -d.score) if threshold is None or d.score >= threshold]
+                for dets in results]
+
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        """COCO mAP@[.5:.95] (``map``), ``map50``, ``map75`` through pycocotools, with the model's own
+        scores (the probability of each box's label)."""
+        return coco_detection_map(predictions, [truth(e) for e in examples])
+
+    def example_record(self, prediction, example, sample) -> dict:
+        return {"prediction": [d.to_dict() for d in prediction],
+                "truth": [{"box": box_list(t["box"]), "label": t["label"]} for t in truth(example)]}
+
+    def to_record(self, result, inputs, files, stem) -> dict:
+        return {"boxes": [[round(float(v), 2) for v in d.box] for d in result], "labels": [d.label for d in result],
+                "scores": [finite(d.score) for d in result]}
+
+    def coco_results(self, records: list[dict], classes: list[str]) -> tuple[list[dict], list[dict]]:
+        """``unio predict --format coco``: records -> COCO results ([x, y, w, h] boxes) and categories.
+
+        image_id is the file name's number when it is one (COCO's 000000397133.jpg -> 397133), else
+        the 1-based position; category_id is the 1-based index in the model's object classes, labels
+        outside them numbered after.
+        """
+        cat_ids = {name: k + 1 for k, name in enumerate(classes)}
+        results = []
+        for pos, rec in enumerate(records, start=1):
+            stem = Path(rec["image"]).stem
+            image_id = int(stem) if stem.isdigit() else pos
+            for b, label, score in zip(rec["boxes"], rec["labels"], rec["scores"]):
+                if label not in cat_ids:
+                    cat_ids[label] = len(cat_ids) + 1
+                x1, y1, x2, y2 = b
+                results.append({"image_id": image_id, "category_id": cat_ids[label], "label": label,
+                                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": score})
+        return results, [{"id": i, "name": n} for n, i in cat_ids.items()]
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        top = sorted(prediction, key=lambda d: -d.score)[:3]
+        return ", ".join(example.meta["labels"]), ", ".join(f"{d.label} {d.score:.2f}" for d in top) or "(none)"
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        top = sorted(result, key=lambda d: -d.score)[:8] if example is not None else result
+        drawn = viz.boxes_panel(image, [d.box for d in top], [d.label for d in top], [d.score for d in top],
+                                scale=scale)
+        if example is None:
+            return [(drawn, f"{len(result)} boxes")]
+        m = example.meta
+        return [(drawn, f"detect: {len(result)} boxes (top {len(top)})"),
+                (viz.boxes_panel(image, m["boxes"], m["labels"], colors=[viz.TRUTH] * len(m["boxes"]), scale=scale),
+                 "detect: truth")]
+
+
+def truth(example: Example) -> list[dict]:
+    return [{"box": b, "label": lb} for b, lb in zip(example.meta.get("boxes", []), example.meta.get("labels", []))]

@@ -9,22 +9,45 @@ Both targets are the h*w codes of an image at the image tokenizer's resolution, 
   gives the box as location tokens and the text to draw; the target is the whole image. At
   inference the generated content of the box is pasted into the caller's original image.
 
-Sampling (top-k / top-p / temperature / guidance) is done by :class:`GuidedSampler`.
+Sampling (top-k / top-p / temperature / guidance) is done by :class:`GuidedSampler`;
+``candidates`` = k draws k pictures per text and keeps one (:meth:`GenerateImage.choose`).
+
+generate_image is scored by ``consistency`` and ``object_recall`` (see :func:`consistency`), and
+the same two on the image tokenizer's reconstruction of each real image
+(``reference_consistency``, ``reference_object_recall``): what a generator that wrote exactly
+the real image's codes would score, the ceiling that the detector and the image tokenizer leave
+the metric. inpaint is scored by ``psnr`` inside the box against the original image.
 """
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import TaskError
-from ..images import Letterbox, letterbox, load_image
-from .base import Example, Task, TaskContext, check_box, pick
+from .. import viz
+from ..errors import InputError, TaskError
+from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox, load_image
+from ..metrics import psnr, text_recall
+from . import get_task, register
+from .base import Example, Task, TaskContext, check_box, pick, short
 from .constraints import GuidedSampler, ImageCodesProcessor
 from .dense import image_codes
-from .text import _texts
+from .detect import Detect
+from .options import Option
+from .text import Caption, _texts, box_list, fmt_box, one_object
+
+CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its detection scores at least this
+RERANKERS = ("recaption", "caption", "pmi")  # how generate_image chooses among candidates
+SAMPLING = {
+    "top_k": Option(int, min=1, doc="sample among the k most likely codes"),
+    "top_p": Option(float, above=0, max=1, doc="nucleus sampling mass (default 0.9)"),
+    "temperature": Option(float, above=0, doc="sampling temperature (default 1.0)"),
+    "seed": Option(int, min=0, doc="seed of the sampler: the same seed draws the same picture"),
+}
 
 
 def to_pil(pixels) -> Image.Image:
@@ -34,13 +57,21 @@ def to_pil(pixels) -> Image.Image:
 
 
 class ImageTask(Task):
-    def logits_processors(self, ctx, example: Example | None = None, *, guidance=None, top_k=None, top_p=0.9,
-                          temperature=1.0, seed=None, **overrides) -> list:
+    writes_image = True
+    options = SAMPLING
+    picture_files = IMAGE_EXTENSIONS
+
+    def logits_processors(self, ctx, example: Example | None = None, *, guidance=None, top_k=None, top_p=None,
+                          temperature=None, seed=None, **overrides) -> list:
         gen = None
         if seed is not None:
             gen = torch.Generator().manual_seed(int(seed))
         return [ImageCodesProcessor(ctx.vocab, ctx.image_codes),
-                GuidedSampler(guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)]
+                GuidedSampler(guidance=None if guidance == 1 else guidance, temperature=temperature or 1.0,
+                              top_k=top_k, top_p=0.9 if top_p is None else top_p, generator=gen)]
+
+    def save_picture(self, result, path) -> None:
+        result.save(path)
 
     def generation_kwargs(self, ctx, **overrides) -> dict:
         return {"max_new_tokens": ctx.image_codes + 1, "do_sample": False}
@@ -54,29 +85,41 @@ class ImageTask(Task):
     def _decode(self, ids, ctx) -> Image.Image:
         return to_pil(ctx.image_tokenizer.decode(image_codes(ids, ctx)[None])[0])
 
-    def metric(self, predictions, examples) -> dict[str, float]:
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
         """PSNR against the target image (inpainting: inside the box only)."""
-        from ..metrics import psnr
-        values = []
-        for pred, e in zip(predictions, examples):
-            target = e.meta.get("target")
-            if target is None:
-                continue
-            pred = np.asarray(pred.convert("RGB").resize(target.size, Image.BICUBIC))
-            mask = None
-            if e.meta.get("box") is not None:
-                x1, y1, x2, y2 = (int(round(v)) for v in e.meta["box"])
-                mask = np.zeros(pred.shape[:2], dtype=bool)
-                mask[max(0, y1):y2, max(0, x1):x2] = True
-                if not mask.any():
-                    continue
-            values.append(psnr(pred, np.asarray(target), mask=mask))
+        values = [v for v in (box_psnr(p, e) for p, e in zip(predictions, examples)) if v is not None]
         return {"psnr": float(np.mean(values)) if values else float("nan")}
 
 
+def box_psnr(pred, example) -> float | None:
+    """PSNR of a picture against the example's target, inside its box where it has one."""
+    target = example.meta.get("target")
+    if target is None:
+        return None
+    pred = np.asarray(pred.convert("RGB").resize(target.size, Image.BICUBIC))
+    mask = None
+    if example.meta.get("box") is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in example.meta["box"])
+        mask = np.zeros(pred.shape[:2], dtype=bool)
+        mask[max(0, y1):y2, max(0, x1):x2] = True
+        if not mask.any():
+            return None
+    return psnr(pred, np.asarray(target), mask=mask)
+
+
+@register
 class GenerateImage(ImageTask):
     name = "generate_image"
     placeholders = frozenset({"text"})
+    inputs = ("text",)
+    options = {
+        **SAMPLING,
+        "guidance": Option(float, above=0, doc="classifier-free guidance scale (1: none)"),
+        "candidates": Option(int, min=1, doc="draw k pictures per text and keep the one that matches it best"),
+        "rerank": Option(str, choices=RERANKERS, doc="how candidates are chosen (default recaption, else pmi)"),
+        "size": Option("size", doc="(width, height) of the returned picture"),
+    }
+    headline = "consistency"
     needs_image = False
 
     def __init__(self, p_uncond: float = 0.1):
@@ -118,10 +161,155 @@ class GenerateImage(ImageTask):
             image = image.resize((info.width, info.height), Image.BICUBIC)
         return image
 
+    # -- sampling several candidates and choosing one (Pipeline.predict_examples calls these)
+    def before_run(self, ctx, options: dict) -> None:
+        rerank = options.get("rerank")
+        if rerank in ("caption", "recaption") and Caption.name not in ctx.prompts:
+            raise InputError(f"rerank={rerank!r} scores pictures with the model's caption prompt, and this model has "
+                             f"none (its tasks: {', '.join(ctx.prompts.tasks)}); use rerank='pmi'")
 
+    def candidates(self, options: dict) -> int:
+        return int(options.get("candidates") or 1)
+
+    def extra_rows(self, ctx, rows: list, options: dict) -> list:
+        """Classifier-free guidance: the unconditional branch beside the conditional rows."""
+        return [self.unconditional(ctx)] * len(rows) if options.get("guidance") not in (None, 1) else []
+
+    def choose(self, runner, cond: list, outs: list, k: int, options: dict) -> list:
+        """Of each example's ``k`` samples, the one that matches its text best.
+
+        ``rerank="caption"``: the text's log-likelihood as the caption of the drawn picture (the
+        model read as an image-to-text scorer, as DALL-E reranked its samples with CLIP, Ramesh et
+        al., 2021). ``rerank="recaption"`` (the default where the model has a caption prompt): the
+        model also captions each picture, and the picture whose caption repeats most of the text's
+        words and word pairs wins (``text_recall``), the caption log-likelihood breaking ties.
+        ``rerank="pmi"``: log p(codes | prompt) - log p(codes | unconditional prompt), the pointwise
+        mutual information of image and text under the model (the implicit classifier of
+        classifier-free guidance, Ho & Salimans, 2022); the codes scored are those of the picture as
+        drawn (decoded, then encoded again). ``runner`` is the Pipeline (``ctx``,
+        ``target_loglik``, ``predict_examples``).
+        """
+        ctx = runner.ctx
+        rerank = options.get("rerank") or ("recaption" if Caption.name in ctx.prompts else "pmi")
+        tok, vocab = ctx.image_tokenizer, ctx.vocab
+        sampled = torch.as_tensor(np.stack([image_codes(ids, ctx) for ids, _, _ in outs[: len(cond)]]))
+        pictures = [tok.decode(sampled[i:i + 64]) for i in range(0, len(sampled), 64)]
+        match = np.zeros(len(cond))
+        if rerank in ("caption", "recaption"):
+            caption = get_task(Caption.name)
+            rows = [caption.build({"image": to_pil(p)}, ctx) for chunk in pictures for p in chunk]
+            score = runner.target_loglik(rows, [ctx.encode_text(ex.meta["text"]) + [vocab.eos_id] for ex in cond])
+            if rerank == "recaption":
+                said = runner.predict_examples(Caption.name, rows)
+                match = np.array([text_recall(ex.meta["text"], s) for ex, s in zip(cond, said)])
+        else:
+            drawn = torch.cat([tok.encode(p) for p in pictures])
+            targets = [[int(t) for t in vocab.image_ids(c.flatten().cpu().numpy())] + [vocab.eos_id] for c in drawn]
+            score = runner.target_loglik(cond, targets) - runner.target_loglik([self.unconditional(ctx)] * len(cond),
+                                                                               targets)
+        best = [j * k + max(range(k), key=lambda c: (match[j * k + c], score[j * k + c])) for j in range(len(cond) // k)]
+        return [outs[b] for b in best]
+
+    def finish(self, results, options) -> list:
+        size = options.get("size")
+        return [im.resize(tuple(size), Image.BICUBIC) for im in results] if size is not None else results
+
+    # -- scoring
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict:
+        """Text-to-image ``consistency`` read by ``judge``'s detector (see :func:`consistency`), and
+        the same on the tokenizer's reconstructions of the real images (``reference_*``)."""
+        if judge is None:
+            return super().metric(predictions, examples)
+        requested = [requested_labels(e, s) for e, s in zip(examples, samples or [{}] * len(examples))]
+        found: list = []
+        metrics = consistency(judge, predictions, requested, found_out=found)
+        reference = consistency(judge, [self.parse(e.labels, judge.ctx) for e in examples], requested)
+        metrics["reference_consistency"] = reference["consistency"]
+        metrics["reference_object_recall"] = reference["object_recall"]
+        metrics["reference_by_objects"] = reference["by_objects"]
+        metrics["per_example"] = [{"requested": r, "found": f} for r, f in zip(requested, found)]
+        return metrics
+
+    def example_record(self, prediction, example, sample) -> dict:
+        return {"prediction": None, "truth": None, "text": example.meta.get("text")}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        return short(example.meta["text"]), ""
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        text = example.meta["text"] if example is not None else (inputs or {}).get("text", "")
+        if judge is None:
+            return [(viz.enlarge(result, scale), f"generate: '{short(text, 60)}'")]
+        dets = sorted(judge.run(Detect.name, result), key=lambda d: -d.score)[:6]
+        return [(viz.boxes_panel(result, [d.box for d in dets], [d.label for d in dets], [d.score for d in dets],
+                                 scale=scale), f"generate: '{text}' (boxes: its detector)")]
+
+
+def consistency(judge, images, requested: list[list[str]], batch_size: int = 32,
+                threshold: float = CONSISTENCY_THRESHOLD, found_out: list | None = None) -> dict:
+    """Text-to-image consistency: ``judge``'s detector (``judge.run("detect", images)``) run on
+    the generated images.
+
+    ``requested[i]`` are the object labels the text of image ``i`` asked for (with repeats). A
+    requested object is *found* when a detection with that label and score >= ``threshold`` is
+    left to match it (each detection matches one object). Returns
+
+    - ``consistency``: the fraction of images in which every requested object is found (the
+      all-or-nothing rule of object-focused benchmarks such as GenEval, Ghosh et al., 2023);
+    - ``object_recall``: the mean over images of the fraction of requested objects found;
+    - ``by_objects``: ``consistency`` over the images that request 1, 2, ... objects.
+
+    Images that request nothing are left out; both are NaN when none is left. ``found_out``, a
+    list, receives per image the number of requested objects found (None where nothing was
+    requested). When ``judge`` is the model that generated the images, this is a diagnostic of
+    the model reading its own pictures, not an independent measurement.
+    """
+    keep = [k for k, r in enumerate(requested) if r]
+    if not keep:
+        if found_out is not None:
+            found_out.extend([None] * len(requested))
+        return {"consistency": float("nan"), "object_recall": float("nan"), "threshold": float(threshold),
+                "by_objects": {}}
+    detections = []
+    for start in range(0, len(keep), batch_size):
+        chunk = [images[k] for k in keep[start:start + batch_size]]
+        detections.extend(judge.run(Detect.name, chunk, batch_size=len(chunk)))
+    complete, recall = [], []
+    found_per_image: list = [None] * len(requested)
+    for k, dets in zip(keep, detections):
+        want = Counter(requested[k])
+        have = Counter(d.label for d in dets if d.score >= threshold)
+        found = sum(min(c, have[label]) for label, c in want.items())
+        found_per_image[k] = found
+        complete.append(found == sum(want.values()))
+        recall.append(found / sum(want.values()))
+    if found_out is not None:
+        found_out.extend(found_per_image)
+    by_count: dict[int, list[bool]] = {}
+    for k, ok in zip(keep, complete):
+        by_count.setdefault(len(requested[k]), []).append(ok)
+    return {"consistency": float(np.mean(complete)), "object_recall": float(np.mean(recall)),
+            "threshold": float(threshold),
+            "by_objects": {str(c): float(np.mean(v)) for c, v in sorted(by_count.items())}}
+
+
+def requested_labels(example, sample) -> list[str]:
+    """Labels of the sample's objects that the generation text names as whole words (shapes
+    captions name every object by its label)."""
+    text = str(example.meta.get("text", "")).lower()
+    named = lambda label: re.search(rf"\b{re.escape(label.lower())}\b", text) is not None  # noqa: E731
+    return [str(o["label"]) for o in sample.get("objects") or [] if o.get("label") and named(str(o["label"]))]
+
+
+@register
 class Inpaint(ImageTask):
     name = "inpaint"
     placeholders = frozenset({"region", "text"})
+    inputs = ("box", "text")
+    headline = "psnr"
+
+    def pick_item(self, sample, rng):
+        return one_object(sample, rng)
 
     def can_build(self, sample: dict) -> bool:
         return super().can_build(sample) and bool(sample.get("objects"))
@@ -162,6 +350,34 @@ class Inpaint(ImageTask):
         if x2 > x1 and y2 > y1:
             out.paste(full.crop((x1, y1, x2, y2)), (x1, y1))
         return out
+
+
+    def example_record(self, prediction, example, sample) -> dict:
+        m = example.meta
+        return {"prediction": None, "truth": None, "text": m.get("text"), "box": box_list(m.get("box")),
+                "psnr": box_psnr(prediction, example)}
+
+    def to_record(self, result, inputs, files, stem) -> dict:
+        files.mkdir(parents=True, exist_ok=True)
+        png = files / f"{stem}_inpaint.png"
+        result.save(png)
+        return {"text": inputs["text"], "box": list(inputs["box"]), "image_png": str(png)}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        m = example.meta
+        return f"{m['text']} at {fmt_box(m['box'])}", f"PSNR {box_psnr(prediction, example):.1f} dB in the box"
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        if example is None:
+            return [(viz.enlarge(result, scale), f"inpaint: '{(inputs or {}).get('text', '')}'")]
+        m = example.meta
+        hidden = np.asarray(m["original"]).copy()
+        x1, y1, x2, y2 = (int(round(v)) for v in m["box"])
+        hidden[max(0, y1):y2, max(0, x1):x2] = 128
+        return [(viz.boxes_panel(Image.fromarray(hidden), [m["box"]], colors=[viz.TRUTH], scale=scale),
+                 f"inpaint: input, '{m['text']}'"),
+                (viz.boxes_panel(result, [m["box"]], colors=[viz.PRED], scale=scale),
+                 f"inpaint: PSNR {box_psnr(result, example):.1f} dB in the box")]
 
 
 def box_patches(box, info: Letterbox, ctx: TaskContext) -> np.ndarray:

@@ -4,8 +4,17 @@ The target is the text's SentencePiece pieces then eos; decoding may emit text p
 """
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
+
+from .. import viz
 from ..errors import TaskError
-from .base import Example, Task, TaskContext, check_box, pick
+from ..metrics import bleu4, cider, exact_match, normalize_answer, vqa_accuracy
+from . import register
+from .base import Example, Task, TaskContext, check_box, pick, short
+
+VQA_HUMANS = 10   # the VQAv2 rule needs the 10 human answers of VQAv2
 
 
 def _texts(value) -> list[str]:
@@ -16,15 +25,51 @@ def _texts(value) -> list[str]:
     return [str(v) for v in value if str(v).strip()]
 
 
+def box_list(box) -> list[float] | None:
+    """A box as JSON: 4 numbers rounded to 0.01 px (None stays None)."""
+    return None if box is None else [round(float(v), 2) for v in np.ravel(tuple(box))]
+
+
 class TextTask(Task):
     """Shared parse: the text pieces of the output, decoded (other modalities ignored)."""
 
     def parse(self, ids, ctx: TaskContext, info=None, **kw) -> str:
         return ctx.decode_text(ids)
 
+    def to_record(self, result, inputs, files, stem) -> dict:
+        rec = {"text": result}
+        if inputs.get(self.text_input):
+            rec["question" if self.text_input == "question" else "prompt_text"] = inputs[self.text_input]
+        return rec
 
-class Caption(TextTask):
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        said = short(result or "(empty)", 60)
+        if example is not None:
+            asked = f"Q: {example.meta['question']} " if "question" in self.inputs else ""
+            said = f"{self.name}: {asked}{said} (truth: {self.summary(result, example)[0]})"
+        return [(viz.enlarge(image, scale), said)]
+
+
+class Described(TextTask):
+    """Free text scored against reference texts: BLEU-4, CIDEr-D and exact match with any reference."""
+
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        refs = [e.meta.get("references", []) for e in examples]
+        return {"bleu4": float(bleu4(predictions, refs)), "cider": float(cider(predictions, refs)),
+                "exact_match": float(exact_match(predictions, refs))}
+
+    def example_record(self, prediction, example, sample) -> dict:
+        refs = list(example.meta["references"])
+        return {"prediction": prediction, "truth": refs, "exact_match": exact_match([prediction], [refs]) == 1.0}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        return (example.meta.get("references") or [""])[0], str(prediction)
+
+
+@register
+class Caption(Described):
     name = "caption"
+    headline = "exact_match"
     max_new_tokens = 48
 
     def can_build(self, sample: dict) -> bool:
@@ -37,16 +82,24 @@ class Caption(TextTask):
         labels = self._text_target(ctx, pick(refs, rng)) if refs else []
         return self._example(ctx, prompt, ids, image, info, labels, references=refs)
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        from ..metrics import bleu4, cider
-        refs = [e.meta.get("references", []) for e in examples]
-        return {"bleu4": float(bleu4(predictions, refs)), "cider": float(cider(predictions, refs))}
 
-
+@register
 class VQA(TextTask):
+    """Visual question answering. Scored by ``accuracy``: the VQAv2 rule where a question has 10
+    human answers, exact match (after VQA answer normalisation) where it has fewer (the VQAv2 rule
+    cannot reach 1 with fewer than 4 answers); ``exact_match``; and VQAv2's split by the type of
+    the most common reference answer (``accuracy_yes_no``, ``accuracy_number``, ``accuracy_other``)."""
+
     name = "vqa"
     placeholders = frozenset({"question"})
+    inputs = ("question",)
+    headline = "accuracy"
     max_new_tokens = 16
+
+    def pick_item(self, sample, rng):
+        if not sample.get("qa"):
+            return sample
+        return {**sample, "qa": [sample["qa"][int(rng.integers(len(sample["qa"])))]]}
 
     def can_build(self, sample: dict) -> bool:
         return super().can_build(sample) and bool(sample.get("qa"))
@@ -67,27 +120,56 @@ class VQA(TextTask):
         labels = self._text_target(ctx, answers[0]) if answers else []
         return self._example(ctx, prompt, ids, image, info, labels, question=question, answers=answers)
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        """Exact match (normalised answers) always; VQAv2 accuracy over the questions that carry
-        several human answers (its leave-one-out formula needs them)."""
-        from ..metrics import exact_match, vqa_accuracy
-        pairs = [(p, e.meta.get("answers") or []) for p, e in zip(predictions, examples)]
-        pairs = [(p, a) for p, a in pairs if a]
-        if not pairs:
-            return {"exact_match": float("nan")}
-        out = {"exact_match": float(exact_match([p for p, _ in pairs], [a for _, a in pairs]))}
-        multi = [(p, a) for p, a in pairs if len(a) > 1]
-        if multi:
-            out["vqa_accuracy"] = float(vqa_accuracy([p for p, _ in multi], [a for _, a in multi]))
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        acc, em, by_type = [], [], {}
+        for p, e in zip(predictions, examples):
+            a, match, kind = vqa_item(p, list(e.meta.get("answers") or []))
+            acc.append(a)
+            em.append(match)
+            by_type.setdefault(kind, []).append(a)
+        out = {"accuracy": float(np.mean(acc)), "exact_match": float(np.mean(em))}
+        for kind in ("yes/no", "number", "other"):
+            if kind in by_type:
+                out[f"accuracy_{kind.replace('/', '_')}"] = float(np.mean(by_type[kind]))
         return out
 
+    def example_record(self, prediction, example, sample) -> dict:
+        answers = list(example.meta.get("answers") or [])
+        acc, _, kind = vqa_item(prediction, answers)
+        return {"prediction": prediction, "truth": answers, "accuracy": acc, "answer_type": kind}
 
-class DescribeRegion(TextTask):
+    def summary(self, prediction, example) -> tuple[str, str]:
+        return (example.meta.get("answers") or [""])[0], str(prediction)
+
+
+def answer_type(normalized: list[str]) -> str:
+    """VQAv2's answer types: "yes/no", "number" or "other", of the most common reference answer."""
+    top = Counter(normalized).most_common(1)[0][0] if normalized else ""
+    if top in ("yes", "no"):
+        return "yes/no"
+    return "number" if top.replace(".", "", 1).isdigit() else "other"
+
+
+def vqa_item(pred, answers: list) -> tuple[float, bool, str]:
+    """One answer's accuracy (see :class:`VQA`), exact match and VQAv2 answer type."""
+    normalized = [normalize_answer(a) for a in answers]
+    match = normalize_answer(pred) in set(normalized)
+    acc = vqa_accuracy(pred, answers) if len(answers) >= VQA_HUMANS else float(match)
+    return acc, match, answer_type(normalized)
+
+
+@register
+class DescribeRegion(Described):
     """Region captioning: a box (as location tokens in the prompt) -> a short description."""
 
     name = "describe_region"
     placeholders = frozenset({"region"})
+    inputs = ("box",)
+    headline = "cider"
     max_new_tokens = 24
+
+    def pick_item(self, sample, rng):
+        return one_object(sample, rng)
 
     def can_build(self, sample: dict) -> bool:
         return super().can_build(sample) and bool(sample.get("objects"))
@@ -108,7 +190,29 @@ class DescribeRegion(TextTask):
         labels = self._text_target(ctx, pick(refs, rng)) if refs else []
         return self._example(ctx, prompt, ids, image, info, labels, box=box, references=refs)
 
-    def metric(self, predictions, examples) -> dict[str, float]:
-        from ..metrics import bleu4, cider
-        refs = [e.meta.get("references", []) for e in examples]
-        return {"bleu4": float(bleu4(predictions, refs)), "cider": float(cider(predictions, refs))}
+    def example_record(self, prediction, example, sample) -> dict:
+        return {**super().example_record(prediction, example, sample), "box": box_list(example.meta["box"])}
+
+    def summary(self, prediction, example) -> tuple[str, str]:
+        truth, pred = super().summary(prediction, example)
+        return f"{truth} at {fmt_box(example.meta['box'])}", pred
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+        if example is None:
+            return super().panels(image, result, scale=scale)
+        truth = (example.meta.get("references") or [""])[0]
+        return [(viz.boxes_panel(image, [example.meta["box"]], colors=[viz.TRUTH], scale=scale),
+                 f"{self.name}: {short(result, 60)} (truth: {truth})")]
+
+
+def one_object(sample: dict, rng) -> dict:
+    """The sample narrowed to one seeded object, with its referring expressions (region tasks)."""
+    if not sample.get("objects"):
+        return sample
+    k = int(rng.integers(len(sample["objects"])))
+    refexps = [(e, 0) for e, i in sample.get("refexps") or [] if int(i) == k]
+    return {**sample, "objects": [sample["objects"][k]], "refexps": refexps}
+
+
+def fmt_box(box) -> str:
+    return "none" if box is None else "(" + ", ".join(f"{float(v):.0f}" for v in box) + ")"
