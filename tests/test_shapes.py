@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unio.cli.shapes import annotation_record, write_preview, write_text_corpus
 from unio.data import shapes
-from unio.data.shapes import (CLASSES, COLORS, NUMBER_WORDS, PLURALS, SHAPES, SIZES, ShapesWorld,
-                              annotation_record, relation_margin, shapes_texts, write_preview)
+from unio.data.shapes import (CLASSES, COLORS, NUMBER_WORDS, PLURALS, SHAPES, SIZES, ShapesWorld, relation_margin,
+                              shapes_texts)
 from unio.errors import DataError, InputError, UnioError
 
 N = 80
@@ -396,14 +397,14 @@ def test_text_corpus_with_prompts(tmp_path):
     prompts = tmp_path / "p.yaml"
     prompts.write_text('ground:\n  canonical: "Where is {expression}?"\n  paraphrases: ["Find {expression} now."]\n')
     path = tmp_path / "corpus.txt"
-    lines = shapes.write_text_corpus(path, n=3, seed=0, prompt_files=[prompts], prompt_repeats=2)
+    lines = write_text_corpus(path, n=3, seed=0, prompt_files=[prompts], prompt_repeats=2)
     text = path.read_text().splitlines()
     assert len(text) == lines == len(list(shapes_texts(3, seed=0))) + 4
     assert text[-2:] == ["Where is ?", "Find now."]
     with pytest.raises(InputError, match="positive number of samples"):
-        shapes.write_text_corpus(path, n=0)
+        write_text_corpus(path, n=0)
     with pytest.raises(DataError, match="cannot read prompt file"):
-        shapes.write_text_corpus(path, n=1, prompt_files=[tmp_path / "missing.yaml"])
+        write_text_corpus(path, n=1, prompt_files=[tmp_path / "missing.yaml"])
 
 
 def test_cli_writes_text_corpus(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from unio.errors import TokenizerError, VocabMismatchError
 from unio.tokenizers import LocationTokenizer, TextTokenizer
-from unio.vocab import Segment, UnifiedVocab
+from unio.vocab import Span, UnifiedVocab
 
 CORPUS = [f"a {c} {s} is {r} the {c2} {s2}" for c in ("red", "green", "blue") for s in ("circle", "square")
           for r in ("left of", "above") for c2 in ("purple", "orange") for s2 in ("star", "hexagon")]
@@ -83,24 +83,24 @@ def test_split_cuts_typed_runs_and_join_inverts_it(texts, vocab):
     text_ids = texts[0].encode("a red circle")
     seq = ([vocab.bos_id] + text_ids + vocab.location_ids([10, 20, 30, 40]) + texts[0].encode("blue")
            + vocab.image_ids([7, 8]) + [vocab.pad_id] + vocab.image_ids([9]) + [vocab.eos_id] + text_ids)
-    segments = vocab.split(seq)
-    assert segments == [Segment("text", text_ids), Segment("location", [10, 20, 30, 40]),
-                        Segment("text", texts[0].encode("blue")), Segment("image", [7, 8, 9])]
-    assert texts[0].decode(segments[0].ids) == "a red circle"
+    spans = vocab.split(seq)
+    assert spans == [Span("text", text_ids), Span("location", [10, 20, 30, 40]),
+                     Span("text", texts[0].encode("blue")), Span("image", [7, 8, 9])]
+    assert texts[0].decode(spans[0].ids) == "a red circle"
     body = [i for i in seq[: seq.index(vocab.eos_id)] if i not in (vocab.bos_id, vocab.pad_id)]
-    assert vocab.join(segments) == body
-    assert vocab.join(segments, add_eos=True) == body + [vocab.eos_id]
+    assert vocab.join(spans) == body
+    assert vocab.join(spans, add_eos=True) == body + [vocab.eos_id]
     assert vocab.join([("location", np.array([1, 2]))]) == vocab.location_ids([1, 2])
     # without stopping at eos the tail is kept (and merged with the run before it)
-    assert vocab.split(seq, stop_at_eos=False)[-1] == Segment("text", text_ids)
-    assert vocab.split(torch.tensor(seq)) == segments
+    assert vocab.split(seq, stop_at_eos=False)[-1] == Span("text", text_ids)
+    assert vocab.split(torch.tensor(seq)) == spans
 
 
 def test_split_never_raises_on_garbage(vocab):
     padded = vocab.size - 1  # a padding id past the image codes (size > used_size here)
     assert padded >= vocab.used_size
-    segments = vocab.split([padded, -5, vocab.location_range[0]])
-    assert segments == [Segment("invalid", [padded, -5]), Segment("location", [0])]
+    spans = vocab.split([padded, -5, vocab.location_range[0]])
+    assert spans == [Span("invalid", [padded, -5]), Span("location", [0])]
     assert vocab.split([]) == []
     assert vocab.kinds([0, vocab.location_range[0], vocab.image_range[0], padded]).tolist() == [0, 1, 2, -1]
     assert [vocab.modality(i) for i in (0, vocab.image_range[1] - 1, padded)] == ["text", "image", "invalid"]
@@ -137,7 +137,7 @@ def test_foreign_sentencepiece_model_in_the_vocab(tmp_path):
     assert vocab.text_range == (0, 30) and vocab.size == 192
     mask = vocab.allowed_mask("text")
     assert mask[2] and not mask[0] and not mask[1]
-    assert vocab.split([1] + tok.encode("a red star") + [2, 5]) == [Segment("text", tok.encode("a red star"))]
+    assert vocab.split([1] + tok.encode("a red star") + [2, 5]) == [Span("text", tok.encode("a red star"))]
 
 
 def test_fingerprint_changes_with_every_tokenizer_change(texts):

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import PromptError
+from .resources import data_path
 
 __all__ = ["Prompts", "PLACEHOLDERS", "PromptPart"]
 
@@ -99,7 +100,6 @@ class Prompts:
     def load(cls, path: str | Path | None = None) -> "Prompts":
         """Load a YAML file or every ``*.yaml`` of a folder (default: the shipped prompts/)."""
         if path is None:
-            from .resources import data_path
             path = data_path("prompts")
         path = Path(path)
         files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]

@@ -21,14 +21,15 @@ import torch
 
 from .errors import TokenizerError, VocabMismatchError
 
-__all__ = ["UnifiedVocab", "Segment", "MODALITIES"]
+__all__ = ["UnifiedVocab", "Span", "MODALITIES"]
 
 MODALITIES = ("text", "location", "image")
 LAYOUT_VERSION = 1
 
 
-class Segment(NamedTuple):
-    """A run of consecutive ids of one modality, in that modality's *local* ids."""
+class Span(NamedTuple):
+    """A run of consecutive ids of one modality, in that modality's *local* ids (what
+    :meth:`UnifiedVocab.split` returns and :meth:`UnifiedVocab.join` takes)."""
 
     kind: str  # "text" | "location" | "image" | "invalid"
     ids: list[int]
@@ -150,13 +151,13 @@ class UnifiedVocab:
             out[(arr >= start) & (arr < stop)] = k
         return out
 
-    def split(self, ids: Iterable[int], stop_at_eos: bool = True) -> list[Segment]:
-        """Cut a generated sequence into typed runs of local ids.
+    def split(self, ids: Iterable[int], stop_at_eos: bool = True) -> list[Span]:
+        """Cut a generated sequence into typed runs of local ids (:class:`Span`).
 
         pad and bos ids are dropped; eos ends the sequence (unless ``stop_at_eos`` is False,
         when it is dropped too). Never raises: ids outside every range form "invalid" runs.
         """
-        segments: list[Segment] = []
+        spans: list[Span] = []
         names = ("text", "location", "image")
         for g in _as_array(ids).reshape(-1).tolist():
             if g == self.eos_id:
@@ -167,16 +168,16 @@ class UnifiedVocab:
                 continue
             kind = self.modality(g)
             local = g - self._ranges[kind][0] if kind in names else g
-            if segments and segments[-1].kind == kind:
-                segments[-1].ids.append(local)
+            if spans and spans[-1].kind == kind:
+                spans[-1].ids.append(local)
             else:
-                segments.append(Segment(kind, [local]))
-        return segments
+                spans.append(Span(kind, [local]))
+        return spans
 
-    def join(self, segments: Iterable[Segment | tuple[str, Iterable[int]]], add_eos: bool = False) -> list[int]:
+    def join(self, spans: Iterable[Span | tuple[str, Iterable[int]]], add_eos: bool = False) -> list[int]:
         """Inverse of :meth:`split`: typed runs of local ids -> one list of global ids."""
         out: list[int] = []
-        for kind, ids in segments:
+        for kind, ids in spans:
             out.extend(int(i) for i in _as_array(self.to_global(list(ids), kind)).reshape(-1))
         if add_eos:
             out.append(self.eos_id)

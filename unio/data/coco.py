@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from ..errors import DataError
 from ..images import IMAGE_EXTENSIONS, load_image
@@ -83,7 +84,6 @@ class _Instances:
 def encode_mask(mask) -> dict:
     """bool (H, W) -> compressed COCO RLE as JSON (``{"size": [H, W], "counts": str}``), what COCO
     results files and ``pycocotools.mask.decode`` (after ``counts.encode()``) read."""
-    from pycocotools import mask as mask_utils
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
@@ -92,8 +92,6 @@ def _decode_mask(segmentation, height: int, width: int) -> np.ndarray | None:
     """COCO polygons or RLE -> bool (H, W), with pycocotools (the reference implementation)."""
     if not segmentation:
         return None
-    from pycocotools import mask as mask_utils
-
     if isinstance(segmentation, list):  # polygons
         rles = mask_utils.frPyObjects(segmentation, height, width)
         rle = mask_utils.merge(rles)

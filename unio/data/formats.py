@@ -24,6 +24,7 @@ jsonl      a manifest, one JSON record per line (unio.data.jsonl)
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -269,8 +270,6 @@ SOURCES: dict[str, str] = {
 def _source_class(name: str) -> type[Source]:
     if name not in SOURCES:
         raise DataError(f"unknown data source {name!r}; use one of {sorted(SOURCES)}")
-    import importlib
-
     module, cls = SOURCES[name].split(":")
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 

@@ -10,8 +10,8 @@ Why it is built this way:
 
 - Same seed and index -> the same sample on any machine. Masks are stamped from boolean arrays
   computed with numpy (no anti-aliasing, no font or Pillow version in the loop) and every random
-  draw comes from a SplitMix64 stream seeded with (seed, index), written out in this file so no
-  library version can change it.
+  draw comes from a SplitMix64 stream seeded with (seed, index), written out (with the shape
+  stamps) in :mod:`unio.data.shapes_draw` so no library version can change it.
 - Objects are drawn back to front (far first) and keep only their visible pixels, as COCO
   annotates; an object that would be hidden beyond recognition is not placed, and no placed
   object may be hidden beyond recognition by a later one.
@@ -24,42 +24,30 @@ Why it is built this way:
 - The language is templated and canonical (objects listed left to right, one relation, fixed
   wording) so a small model can reproduce captions exactly; relations hold with a margin of
   a tenth of the image so "left of" is never a coin toss.
+
+``unio shapes`` (:mod:`unio.cli.shapes`) writes previews and the text corpus of this world.
 """
 from __future__ import annotations
 
-import functools
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from ..errors import DataError, InputError
+from .shapes_draw import (COLORS, MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS, OBJECT_DEPTH, SHAPES, SIZE_RADIUS, SIZES,
+                          _PACKED, _background, _floor_depth, _min_visible, _Obj, _Rand, _stamp, _stamp_area,
+                          _stamp_extent)
 
 __all__ = [
     "ShapesWorld", "shapes_classes", "SHAPES", "COLORS", "SIZES", "CLASSES", "PLURALS", "NUMBER_WORDS", "REGIONS",
-    "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE", "MAX_OBJECTS", "MIN_VISIBLE_FRACTION", "shapes_texts",
-    "annotation_record", "write_preview", "write_text_corpus", "prompt_texts", "relation_margin", "region_of",
+    "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE", "MAX_OBJECTS", "MIN_VISIBLE_FRACTION", "MIN_VISIBLE_PIXELS", "OBJECT_DEPTH",
+    "shapes_texts", "relation_margin", "region_of",
 ]
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
            "cross": "crosses", "star": "stars"}
-# Saturated colours far from the grey background and from each other.
-COLORS = {
-    "red": (214, 39, 40),
-    "orange": (247, 129, 16),
-    "yellow": (240, 206, 30),
-    "green": (44, 160, 44),
-    "cyan": (23, 190, 207),
-    "blue": (31, 78, 210),
-    "purple": (148, 72, 189),
-}
-SIZES = ("small", "large")
-# Radius of the circumscribed circle as a fraction of the image side (min, max).
-SIZE_RADIUS = {"small": (0.08, 0.10), "large": (0.15, 0.18)}
 CLASSES = SHAPES  # classification label: the shape of the largest visible object
 
 
@@ -68,22 +56,13 @@ def shapes_classes() -> dict[str, list[str]]:
     what a model trained on it stores in its export (``unio.json`` ``classes``)."""
     return {"image": list(CLASSES),
             "object": [f"{size} {color} {shape}" for size in SIZES for color in COLORS for shape in SHAPES]}
+
+
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512
 MAX_OBJECTS = 8
-MIN_VISIBLE_FRACTION = 0.7  # an object must keep at least this share of its pixels
-MIN_VISIBLE_PIXELS = 8
 MIN_RADIUS_PX = 3
-# Depth: objects in [0.15, 0.75]; background from 1.0 at the top to 0.85 at the bottom (a floor
-# receding towards the horizon), so the background is always farther than any object. Every
-# object stands on the floor: its depth falls linearly with the image row of its base (the bottom
-# of its circumscribed circle), from 0.75 for a base on the top row to 0.15 on the bottom row, so
-# depth can be read off the picture (height in the visual field, the cue monocular depth networks
-# lean on most: van Dijk & de Croon, ICCV 2019) and nearer objects are the lower ones.
-OBJECT_DEPTH = (0.15, 0.75)
 DEPTH_JITTER = 0.002  # a tie-breaker between objects on one row, far below what depth metrics resolve
-BACKGROUND_DEPTH = (1.0, 0.85)
-BACKGROUND_RGB = ((232, 230, 224), (190, 188, 182))  # top, bottom
 # (vertical third, horizontal third) of a box centre -> phrase, used for one-object captions.
 REGIONS = {
     ("top", "left"): "in the top left", ("top", "middle"): "at the top", ("top", "right"): "in the top right",
@@ -92,38 +71,6 @@ REGIONS = {
     ("bottom", "right"): "in the bottom right",
 }
 _COMBOS = tuple((s, c) for s in SHAPES for c in COLORS)
-
-
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-def _mix64(z: int) -> int:
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-class _Rand:
-    """SplitMix64 (Steele, Lea & Flood, 2014) in plain Python: floats in [0, 1).
-
-    Chosen over numpy's Generator because it is defined by these few lines (so it yields the
-    same stream on any machine and numpy version) and seeding it costs nothing, where building a
-    ``SeedSequence`` per sample would take a sizable part of the sample's budget.
-    """
-    __slots__ = ("state",)
-
-    def __init__(self, *keys: int):
-        state = _GOLDEN
-        for key in keys:
-            state = _mix64(((state ^ (key & _MASK64)) + _GOLDEN) & _MASK64)
-        self.state = state
-
-    def __call__(self) -> float:
-        z = self.state = (self.state + _GOLDEN) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64  # _mix64, inlined: it runs ~30x a sample
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        return ((z ^ (z >> 31)) >> 11) * (1.0 / (1 << 53))
 
 
 def relation_margin(image_size: int) -> float:
@@ -137,119 +84,6 @@ def region_of(cx: float, cy: float, image_size: int) -> str:
     col = "left" if cx < third else ("right" if cx >= 2 * third else "middle")
     row = "top" if cy < third else ("bottom" if cy >= 2 * third else "middle")
     return REGIONS[(row, col)]
-
-
-# ---------------------------------------------------------------------------------- drawing
-# A five-pointed star, one point up, inner radius half the outer one. The vertices are written
-# out (sin/cos of multiples of 36 degrees) so that no libm difference between machines can move
-# a pixel: every shape test below is +, -, *, / and comparisons, which IEEE 754 fixes exactly.
-_S36, _C36, _S72, _C72 = 0.5877852522924731, 0.8090169943749475, 0.9510565162951535, 0.30901699437494745
-_STAR = ((0.0, -1.0), (0.5 * _S36, -0.5 * _C36), (_S72, -_C72), (0.5 * _S72, 0.5 * _C72), (_S36, _C36),
-         (0.0, 0.5), (-_S36, _C36), (-0.5 * _S72, 0.5 * _C72), (-_S72, -_C72), (-0.5 * _S36, -0.5 * _C36))
-
-
-def _inside_polygon(u: np.ndarray, v: np.ndarray, vertices) -> np.ndarray:
-    """Even-odd rule over a grid of points (u to the right, v down)."""
-    u, v = np.broadcast_arrays(u, v)
-    inside = np.zeros(u.shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(vertices, vertices[1:] + vertices[:1]):
-        if y0 == y1:
-            continue
-        crosses = (y0 > v) != (y1 > v)
-        inside ^= crosses & (u < (x1 - x0) * (v - y0) / (y1 - y0) + x0)
-    return inside
-
-@functools.lru_cache(maxsize=None)
-def _stamp(shape: str, r: int) -> np.ndarray:
-    """Boolean (2r+1, 2r+1) mask of a shape centred on the middle pixel; cached per radius."""
-    d = np.arange(-r, r + 1, dtype=np.float64) / (r + 0.5)  # pixel centres, unit = radius
-    u, v = d[None, :], d[:, None]                               # x to the right, y down
-    au, av = np.abs(u), np.abs(v)
-    if shape == "circle":
-        m = u * u + v * v <= 1.0
-    elif shape == "square":
-        m = (au <= 0.8) & (av <= 0.8)
-    elif shape == "triangle":  # apex up, base at v = 0.8
-        m = (v <= 0.8) & (au <= 0.95 * (v + 0.95) / 1.75)
-    elif shape == "diamond":
-        m = au + av <= 1.0
-    elif shape == "cross":
-        m = ((au <= 0.95) & (av <= 0.32)) | ((au <= 0.32) & (av <= 0.95))
-    elif shape == "star":
-        m = _inside_polygon(u, v, _STAR)
-    else:  # pragma: no cover - SHAPES is closed
-        raise InputError(f"unknown shape {shape!r}; choose one of {SHAPES}")
-    m = np.ascontiguousarray(m)
-    m.flags.writeable = False
-    return m
-
-
-@functools.lru_cache(maxsize=None)
-def _stamp_area(shape: str, r: int) -> int:
-    return int(_stamp(shape, r).sum())
-
-
-@functools.lru_cache(maxsize=None)
-def _stamp_extent(shape: str, r: int) -> tuple[int, int, int, int]:
-    """(col0, row0, col1, row1), the stamp's tight extent, end exclusive."""
-    m = _stamp(shape, r)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def _pack(rgb) -> int:
-    """An RGB triple as one little-endian uint32 (R in the low byte), so a pixel is one element."""
-    r, g, b = (int(c) for c in rgb)
-    return r | g << 8 | b << 16
-
-
-_PACKED = {name: _pack(rgb) for name, rgb in COLORS.items()}
-
-
-def _floor_depth(base_row: int, size: int) -> float:
-    """Depth of an object whose base is at ``base_row`` (0 = top, ``size`` = bottom edge)."""
-    near, far = OBJECT_DEPTH
-    return far + (near - far) * base_row / size
-
-
-@functools.lru_cache(maxsize=8)
-def _background(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(packed RGB '<u4' (S, S), depth float32 (S, S)) of the empty scene, cached per size."""
-    t = (np.arange(size, dtype=np.float64) + 0.5) / size  # 0 at the top, 1 at the bottom
-    top, bottom = np.array(BACKGROUND_RGB[0], float), np.array(BACKGROUND_RGB[1], float)
-    rows = np.rint(top[None, :] * (1 - t[:, None]) + bottom[None, :] * t[:, None]).astype(np.uint32)
-    packed = (rows[:, 0] | rows[:, 1] << 8 | rows[:, 2] << 16).astype("<u4")
-    rgb = np.ascontiguousarray(np.broadcast_to(packed[:, None], (size, size)))
-    far, near = BACKGROUND_DEPTH
-    depth = np.ascontiguousarray(np.broadcast_to((far + (near - far) * t).astype(np.float32)[:, None], (size, size)))
-    rgb.flags.writeable = False
-    depth.flags.writeable = False
-    return rgb, depth
-
-
-class _Obj:
-    """One placed object; ``vis`` is its visible mask inside its window, ``center`` its box centre."""
-    __slots__ = ("shape", "color", "size", "r", "cx", "cy", "depth", "ys", "xs", "clean",
-                 "box", "center", "vis", "visible")
-
-    def __init__(self, shape, color, size, r, cx, cy, depth):
-        self.shape, self.color, self.size, self.r, self.cx, self.cy, self.depth = shape, color, size, r, cx, cy, depth
-        # Rows and columns of the (2r+1)^2 window the shape is stamped into.
-        self.ys, self.xs = slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1)
-        self.clean = True  # no other object's window meets this one
-
-    @property
-    def name(self) -> str:  # unique within a scene by construction
-        return f"{self.color} {self.shape}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.size} {self.color} {self.shape}"
-
-
-@functools.lru_cache(maxsize=None)
-def _min_visible(shape: str, r: int) -> int:
-    return max(MIN_VISIBLE_PIXELS, int(np.ceil(MIN_VISIBLE_FRACTION * _stamp_area(shape, r))))
 
 
 # ---------------------------------------------------------------------------------- the world
@@ -579,119 +413,3 @@ def shapes_texts(n: int, seed: int = 0, image_size: int = 64, max_objects: int =
             yield a
         for expression, _ in s["refexps"]:
             yield expression
-
-
-def _yaml_strings(node) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for value in node.values():
-            yield from _yaml_strings(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from _yaml_strings(value)
-
-
-def prompt_texts(files) -> list[str]:
-    """Every template string of prompt YAML files, placeholders removed (tokenizer corpus)."""
-    import re
-
-    import yaml
-
-    texts = []
-    for f in files:
-        try:
-            data = yaml.safe_load(Path(f).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"cannot read prompt file {f} ({exc}); pass readable prompts/*.yaml files") from None
-        for t in _yaml_strings(data):
-            t = re.sub(r"\s+", " ", re.sub(r"\{\w+\}", " ", t)).strip()
-            if t:
-                texts.append(t)
-    return texts
-
-
-def write_text_corpus(path: str | Path, n: int = 20000, seed: int = 0, prompt_files=(),
-                      prompt_repeats: int = 100) -> int:
-    """Write the text a shapes-world model reads and writes, one line each; returns the line count.
-
-    The lines are :func:`shapes_texts` of ``n`` samples plus every prompt template of
-    ``prompt_files`` (repeated ``prompt_repeats`` times so their words earn whole pieces).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise InputError(f"the text corpus needs a positive number of samples, got n={n!r}")
-    prompts = prompt_texts(prompt_files)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for t in shapes_texts(n, seed=seed):
-            f.write(t + "\n")
-            lines += 1
-        for _ in range(prompt_repeats):
-            for t in prompts:
-                f.write(t + "\n")
-                lines += 1
-    return lines
-
-
-# ---------------------------------------------------------------------------------- preview
-def annotation_record(sample: dict, index: int | None = None, seed: int | None = None,
-                      image_file: str | None = None) -> dict:
-    """A JSON-ready record of a sample: everything but pixels (masks and depth map dropped)."""
-    rec = {}
-    if index is not None:
-        rec["index"] = int(index)
-    if seed is not None:
-        rec["seed"] = int(seed)
-    if image_file is not None:
-        rec["image"] = image_file
-    w, h = sample["image"].size
-    rec.update({
-        "width": w, "height": h,
-        "objects": [{k: (list(v) if k == "box" else v) for k, v in o.items() if k != "mask"}
-                    for o in sample["objects"]],
-        "caption": sample["caption"],
-        "qa": [list(p) for p in sample["qa"]],
-        "refexps": [list(p) for p in sample["refexps"]],
-        "label": sample["label"],
-    })
-    return rec
-
-
-def write_preview(n: int = 16, out: str | Path = "shapes-preview", seed: int = 0, image_size: int = 64,
-                  max_objects: int = 4, scale: int | None = None) -> dict:
-    """Write ``out/grid.png``, ``out/images/NNNN.png`` and ``out/annotations.jsonl`` for n samples."""
-    from .. import viz
-
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise InputError(f"--n must be a positive number of samples, got {n!r}")
-    if n > 10000:
-        raise InputError(f"--n {n} is too many for a preview; use at most 10000")
-    if (isinstance(image_size, bool) or not isinstance(image_size, int)
-            or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
-        raise InputError(f"--image-size must be {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
-    world = ShapesWorld(image_size=image_size, seed=seed, max_objects=max_objects)
-    out = Path(out)
-    try:
-        (out / "images").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out} ({exc}); choose a writable --out") from None
-    if scale is None:  # small images are upscaled so boxes and labels stay readable
-        scale = max(1, 256 // image_size)
-    tiles, captions = [], []
-    with open(out / "annotations.jsonl", "w", encoding="utf-8") as f:
-        for i in range(n):
-            s = world[i]
-            name = f"images/{i:04d}.png"
-            s["image"].save(out / name)
-            f.write(json.dumps(annotation_record(s, i, seed, name)) + "\n")
-            big = s["image"].resize((image_size * scale, image_size * scale), Image.NEAREST)
-            boxes = [[c * scale for c in o["box"]] for o in s["objects"]]
-            tiles.append(viz.draw_boxes(big, boxes, labels=[o["label"] for o in s["objects"]]))
-            captions.append(s["caption"])
-    grid = viz.image_grid(tiles, captions=captions, cols=min(n, 4))
-    grid.save(out / "grid.png")
-    print(f"wrote {out / 'grid.png'} ({n} samples, {image_size}x{image_size}, seed {seed})")
-    print(f"wrote {out / 'annotations.jsonl'} and {n} images under {out / 'images'}")
-    return {"grid": str(out / "grid.png"), "annotations": str(out / "annotations.jsonl"), "n": n}

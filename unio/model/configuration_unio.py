@@ -11,6 +11,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from ..errors import InputError, VocabMismatchError
+from ..vocab import UnifiedVocab
 
 __all__ = ["UnioConfig", "PRESETS", "check_vocab"]
 
@@ -142,8 +143,6 @@ def check_vocab(config: UnioConfig, vocab) -> None:
         raise VocabMismatchError("this model config records no vocabulary layout (it was built without "
                                  "vocab=...), so its tokenizers cannot be verified; build it with "
                                  "UnioConfig.preset(name, vocab=UnifiedVocab(...))")
-    from ..vocab import UnifiedVocab
-
     UnifiedVocab.from_dict(layout).check(vocab, what="the tokenizers supplied")
     if config.vocab_size != vocab.size:
         raise VocabMismatchError(f"the model has {config.vocab_size} embedding rows but the vocabulary has "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import ImageError
 
@@ -107,7 +108,6 @@ def _as_numpy(x, what: str) -> tuple[np.ndarray, bool]:
 
 def _image_array(image) -> tuple[np.ndarray, bool]:
     """-> float array (..., 3, H, W) in [0, 1] and whether the input was a tensor."""
-    from PIL import Image
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0, False
     img, is_torch = _as_numpy(image, "image")

@@ -3,7 +3,7 @@
 Images (and depth maps / masks drawn as images by :mod:`unio.tokenizers.dense`) become a grid of
 integer codes that the decoder of a unified seq2seq model can read and write, as in Unified-IO
 (Lu et al., 2022) and OFA (Wang et al., 2022), whose VQ-GANs (Esser et al., 2021) are downloads;
-this one is trained from scratch (``unio tokenizer image``, see :mod:`.image_train`).
+this one is trained from scratch (``unio tokenizer image``, see :mod:`unio.training.image_tokenizer`).
 
 The quantizer comes from vector-quantize-pytorch and is chosen by the config:
 
@@ -14,7 +14,8 @@ The quantizer comes from vector-quantize-pytorch and is chosen by the config:
   (Yu et al., 2021, ViT-VQGAN).
 - ``lfq``: lookup-free quantization (Yu et al., 2023, MAGVIT-v2), ``codebook_size`` a power of 2.
 
-Storage is ``config.json`` + ``model.safetensors`` (nothing is unpickled on load).
+Storage is ``config.json`` + ``model.safetensors`` (nothing is unpickled on load). The encoder,
+decoder and quantizer networks are in :mod:`.image_nets`.
 """
 from __future__ import annotations
 
@@ -29,10 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ImageError, TokenizerError
-from ..resources import default_file_mode
+from ..images import load_image
+from ..resources import data_path, default_file_mode
+from .dense import depth_to_image, image_to_depth, image_to_mask, mask_to_image
+from .image_nets import Decoder, Encoder, build_quantizer
 from .refine import REFINABLE, GuidedRefiner, RefinerConfig
 
 __all__ = ["ImageTokenizerConfig", "ImageTokenizer"]
@@ -112,93 +118,6 @@ class ImageTokenizerConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# ---------------------------------------------------------------- network
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice with a skip (the VQGAN / DDPM block)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
-
-
-def _groups(c: int) -> int:
-    return math.gcd(c, 16)
-
-
-class Encoder(nn.Module):
-    def __init__(self, cfg: ImageTokenizerConfig, latent_dim: int):
-        super().__init__()
-        ch = cfg.channels
-        self.stem = cfg.stem
-        self.conv_in = nn.Conv2d(3 * cfg.stem ** 2, ch[0], 3, padding=1)
-        blocks: list[nn.Module] = []
-        for i, c in enumerate(ch):
-            cin = ch[i - 1] if i else ch[0]
-            if i:  # stride-2 conv between resolutions
-                blocks.append(nn.Conv2d(cin, c, 4, stride=2, padding=1))
-                cin = c
-            blocks += [ResBlock(cin if j == 0 else c, c) for j in range(cfg.res_blocks)]
-        self.blocks = nn.Sequential(*blocks)
-        self.norm_out = nn.GroupNorm(_groups(ch[-1]), ch[-1])
-        self.conv_out = nn.Conv2d(ch[-1], latent_dim, 1)
-
-    def forward(self, x):                                   # (B, 3, H, W) in [-1, 1]
-        x = F.pixel_unshuffle(x, self.stem) if self.stem > 1 else x  # (B, 3 s^2, H/s, W/s)
-        h = self.blocks(self.conv_in(x))
-        return self.conv_out(F.silu(self.norm_out(h)))      # (B, D, h, w)
-
-
-class Decoder(nn.Module):
-    def __init__(self, cfg: ImageTokenizerConfig, latent_dim: int):
-        super().__init__()
-        ch = tuple(reversed(cfg.channels))
-        self.stem = cfg.stem
-        self.conv_in = nn.Conv2d(latent_dim, ch[0], 3, padding=1)
-        blocks: list[nn.Module] = []
-        for i, c in enumerate(ch):
-            if i:  # nearest upsample + conv (no checkerboard artefacts, Odena et al., 2016)
-                blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i - 1], c, 3, padding=1)]
-            blocks += [ResBlock(c, c) for _ in range(cfg.res_blocks + 1)]
-        self.blocks = nn.Sequential(*blocks)
-        self.norm_out = nn.GroupNorm(_groups(ch[-1]), ch[-1])
-        self.conv_out = nn.Conv2d(ch[-1], 3 * cfg.stem ** 2, 3, padding=1)
-
-    def forward(self, z):                                   # (B, D, h, w)
-        x = self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
-        return F.pixel_shuffle(x, self.stem) if self.stem > 1 else x  # (B, 3, H, W) ~[-1, 1]
-
-
-def _build_quantizer(cfg: ImageTokenizerConfig) -> tuple[nn.Module, int, int]:
-    """-> (quantizer, latent dim the encoder must produce, codebook size)."""
-    import vector_quantize_pytorch as vqp
-
-    if cfg.quantizer == "fsq":
-        q = vqp.FSQ(levels=list(cfg.levels))
-        return q, len(cfg.levels), int(np.prod(cfg.levels))
-    if cfg.quantizer == "vq":
-        dim = max(cfg.codebook_dim, 1)
-        q = vqp.VectorQuantize(
-            dim=dim, codebook_size=cfg.codebook_size, decay=cfg.decay, kmeans_init=cfg.kmeans_init,
-            kmeans_iters=10, use_cosine_sim=cfg.use_cosine_sim, threshold_ema_dead_code=cfg.threshold_ema_dead_code,
-            commitment_weight=cfg.commitment_weight, accept_image_fmap=True)
-        return q, dim, cfg.codebook_size
-    bits = int(math.log2(cfg.codebook_size))
-    q = vqp.LFQ(dim=bits, codebook_size=cfg.codebook_size, entropy_loss_weight=cfg.entropy_loss_weight,
-                commitment_loss_weight=0.25)
-    return q, bits, cfg.codebook_size
-
-
 # ---------------------------------------------------------------- the tokenizer
 
 
@@ -217,7 +136,7 @@ class ImageTokenizer(nn.Module):
         elif overrides:
             config = ImageTokenizerConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
-        self.quantizer, self.latent_dim, self._codebook_size = _build_quantizer(config)
+        self.quantizer, self.latent_dim, self._codebook_size = build_quantizer(config)
         self.encoder = Encoder(config, self.latent_dim)
         self.decoder = Decoder(config, self.latent_dim)
         self.refiners = nn.ModuleDict({kind: GuidedRefiner(RefinerConfig.from_dict(spec, kind))
@@ -375,7 +294,6 @@ class ImageTokenizer(nn.Module):
 
     def encode_depth(self, depth) -> torch.Tensor:
         """Depth maps (B, H, W) in ``depth_range`` units -> codes (B, h, w)."""
-        from .dense import depth_to_image
         lo, hi = self.depth_range
         return self.encode(torch.as_tensor(depth_to_image(_as_batch(depth), hi, min_depth=lo)))
 
@@ -386,18 +304,15 @@ class ImageTokenizer(nn.Module):
         a multiple of the downsampling factor); with a depth refiner (:meth:`has_refiner`) the
         decoded edges are moved onto the picture's. Without one the guide is not used.
         """
-        from .dense import image_to_depth
         lo, hi = self.depth_range
         return image_to_depth(self._decode_map(codes, "depth", guide).cpu().numpy(), hi, min_depth=lo)
 
     def encode_mask(self, mask) -> torch.Tensor:
         """Binary masks (B, H, W) -> codes (B, h, w)."""
-        from .dense import mask_to_image
         return self.encode(torch.as_tensor(mask_to_image(_as_batch(mask))))
 
     def decode_mask(self, codes, guide=None) -> np.ndarray:
         """Codes -> bool masks (B, H, W); ``guide`` as for :meth:`decode_depth`."""
-        from .dense import image_to_mask
         return image_to_mask(self._decode_map(codes, "mask", guide).cpu().numpy())
 
     @torch.no_grad()
@@ -446,7 +361,6 @@ class ImageTokenizer(nn.Module):
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ImageError("encode() got an empty list; pass at least one image")
-            from ..images import load_image
             arrays = []
             for i, im in enumerate(images):
                 if isinstance(im, torch.Tensor) and im.ndim == 3:
@@ -513,7 +427,6 @@ class ImageTokenizer(nn.Module):
 
     def save(self, directory) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        from safetensors.torch import save_file
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, **self.config.to_dict()}
@@ -527,7 +440,6 @@ class ImageTokenizer(nn.Module):
         """Read a folder written by :meth:`save`. ``"shapes"`` names the tokenizer shipped with unio."""
         d = Path(directory)
         if str(directory) == "shapes" and not d.exists():
-            from ..resources import data_path
             d = data_path("tokenizers", "shapes", "image")
         if not d.is_dir():
             raise TokenizerError(f"image tokenizer folder {d} does not exist; pass the folder holding "
@@ -547,8 +459,6 @@ class ImageTokenizer(nn.Module):
         except TypeError as exc:
             raise TokenizerError(f"{d / CONFIG_NAME} has a malformed value ({exc})") from None
         tok = cls(config)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         try:
             state = load_file(str(d / WEIGHTS_NAME))
         except (SafetensorError, OSError, ValueError) as exc:
