@@ -33,8 +33,8 @@ def test_demo_writes_sheet_and_metrics(model_dir, tmp_path, capsys):
 
 
 def test_demo_without_the_shipped_model(monkeypatch, tmp_path, capsys):
-    import unio.export
-    monkeypatch.setattr(unio.export, "list_models", lambda: [])
+    import unio.cli.demo
+    monkeypatch.setattr(unio.cli.demo, "list_models", lambda: [])
     assert cli.main(["demo", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "shapes-demo model is not installed" in err and "unio demo --model DIR" in err

@@ -13,7 +13,8 @@ from PIL import Image
 from unio import cli
 from unio.errors import DataError, InputError, TaskError
 from unio.data.specs import parse_data_spec
-from unio.evaluate import _one_item, _requested, _score, _vqa_scores, consistency, evaluate, format_table
+from unio.evaluate import _rng, evaluate, format_table
+from unio.tasks.image_gen import GenerateImage, consistency, requested_labels
 from unio.metrics import vqa_accuracy
 from unio.tasks import Detection, get_task
 from conftest import write_micro_export, write_micro_tokenizers
@@ -135,6 +136,14 @@ def test_predictions_path_must_be_a_file(pipe, tmp_path):
 
 
 # ---------------------------------------------------------------------------- pieces
+def _one_item(task, sample, index, seed):
+    return get_task(task).pick_item(sample, _rng(seed, index, task))
+
+
+def _vqa_scores(predictions, examples):
+    return get_task("vqa").metric(predictions, examples)
+
+
 def test_items_are_drawn_per_sample_not_always_the_first():
     from unio.data.shapes import ShapesWorld
     world = ShapesWorld(64, seed=1)
@@ -213,17 +222,16 @@ def test_generate_image_reference_runs_the_detector_on_the_target_codes():
             # only decoded targets show their objects; generated images show nothing
             return [[Detection((0, 0, 5, 5), "red circle", 0.9)] if im.startswith("target") else [] for im in images]
 
-    class Task:
-        name = "generate_image"
-
-        def parse(self, ids, ctx):
+    class Task(GenerateImage):
+        def parse(self, ids, ctx, info=None, **kw):
             assert ctx is Pipe.ctx
             return f"target{ids}"
 
     ex = lambda ids: type("E", (), {"labels": ids, "meta": {"text": "a red circle"}})()  # noqa: E731
     sample = {"objects": [{"label": "red circle"}]}
     pipe = Pipe()
-    got = _score(pipe, Task(), ["generated0", "generated1"], [ex([5, 1]), ex([6, 1])], [sample, sample], 2)
+    got = Task().metric(["generated0", "generated1"], [ex([5, 1]), ex([6, 1])], [sample, sample], judge=pipe)
+    assert got.pop("per_example") == [{"requested": ["red circle"], "found": 0}] * 2
     assert got["consistency"] == 0 and got["object_recall"] == 0
     assert got["reference_consistency"] == 1 and got["reference_object_recall"] == 1
     assert got["by_objects"] == {"1": 0.0} and got["reference_by_objects"] == {"1": 1.0}
@@ -233,7 +241,7 @@ def test_generate_image_reference_runs_the_detector_on_the_target_codes():
 def test_requested_objects_are_the_labels_the_text_names():
     ex = type("E", (), {"meta": {"text": "a small red circle and a cat on a carpet"}})()
     objects = [{"label": "small red circle"}, {"label": "car"}, {"label": "cat"}, {"label": "blue square"}]
-    assert _requested(ex, {"objects": objects}) == ["small red circle", "cat"]
+    assert requested_labels(ex, {"objects": objects}) == ["small red circle", "cat"]
 
 
 def test_empty_predictions_score_zero(pipe):
@@ -241,7 +249,7 @@ def test_empty_predictions_score_zero(pipe):
     task = get_task("caption")
     ex = task.build({"image": Image.new("RGB", (64, 64)), "caption": "a red circle"}, pipe.ctx)
     ex2 = task.build({"image": Image.new("RGB", (64, 64)), "caption": "a blue square"}, pipe.ctx)
-    got = _score(pipe, task, ["", "a blue square"], [ex, ex2], [{}, {}], 2)
+    got = task.metric(["", "a blue square"], [ex, ex2])
     assert got["exact_match"] == 0.5 and math.isfinite(got["cider"])
 
 

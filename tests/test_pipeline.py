@@ -158,7 +158,8 @@ def test_run_takes_the_task_methods_options(pipe, image, monkeypatch):
 
 
 def test_option_strings_parse_and_scope():
-    from unio.pipeline import options_for, parse_options
+    from unio.pipeline import options_for
+    from unio.tasks.options import parse_options
     opts = parse_options(["num_beams=3", "generate_image.guidance=2.5", "detect.threshold=0.5", "prompt=none",
                           "do_sample=false"])
     assert opts == {None: {"num_beams": 3, "prompt": None, "do_sample": False},
@@ -406,7 +407,7 @@ def test_candidates_keep_the_sample_the_text_explains_best(micro_fast_export, mo
         return np.zeros(len(examples))
 
     monkeypatch.setattr(pipe, "_generate", spy)
-    monkeypatch.setattr(pipe, "_target_loglik", loglik)
+    monkeypatch.setattr(pipe, "target_loglik", loglik)
     texts = ["a small red circle", "a large blue square"]
     images = pipe.generate_image(texts, seed=0, candidates=3, rerank="pmi")
     assert seen["rows"] == 6 and calls == [(6, True), (6, True)]
@@ -432,7 +433,7 @@ def test_caption_rerank_scores_each_drawn_picture_against_its_text(micro_fast_ex
         return np.array([float(i % 3 == 1) for i in range(len(examples))])
 
     monkeypatch.setattr(pipe, "_generate", spy)
-    monkeypatch.setattr(pipe, "_target_loglik", loglik)
+    monkeypatch.setattr(pipe, "target_loglik", loglik)
     texts = ["a small red circle", "a large blue square"]
     images = pipe.generate_image(texts, seed=0, candidates=3, rerank="caption")
     assert len(calls) == 1
@@ -460,7 +461,7 @@ def test_candidates_bound_the_rows_of_each_generate_call(micro_fast_export, monk
         return generate(rows, *args, **kwargs)
 
     monkeypatch.setattr(pipe, "_generate", spy)
-    monkeypatch.setattr(pipe, "_target_loglik", lambda ex, tg: np.zeros(len(ex)))
+    monkeypatch.setattr(pipe, "target_loglik", lambda ex, tg: np.zeros(len(ex)))
     monkeypatch.setattr(pipeline_module, "CANDIDATE_ROWS", 6)
     images = pipe.generate_image(["a small red circle"] * 3, seed=0, candidates=3, rerank="pmi", batch_size=8)
     assert len(images) == 3 and rows_per_call == [6, 3]  # two texts' candidates, then the third's
@@ -470,7 +471,7 @@ def test_candidates_bound_the_rows_of_each_generate_call(micro_fast_export, monk
 
 
 def test_text_recall_counts_words_and_pairs_in_any_order():
-    from unio.pipeline import text_recall
+    from unio.metrics import text_recall
     # 9 words + 8 pairs wanted; the reordered caption lacks only the pair ("star", "and")
     assert text_recall("a small red star and a large blue circle.", "A large blue circle and a small red star") \
         == pytest.approx(16 / 17)
@@ -500,7 +501,7 @@ def test_recaption_rerank_keeps_the_picture_whose_caption_names_the_text(micro_f
     monkeypatch.setattr(pipe, "_generate", spy)
     monkeypatch.setattr(pipe, "predict_examples", captions)
     # the likelihood prefers the middle candidate of each text
-    monkeypatch.setattr(pipe, "_target_loglik", lambda ex, tg: np.array([float(i % 3 == 1) for i in range(len(ex))]))
+    monkeypatch.setattr(pipe, "target_loglik", lambda ex, tg: np.array([float(i % 3 == 1) for i in range(len(ex))]))
     task = get_task("generate_image")
     texts = ["a small red circle", "a small red circle"]
     said.update({0: "a large blue square", 1: "a small red square", 2: "a small red circle"})
@@ -515,19 +516,19 @@ def test_recaption_rerank_keeps_the_picture_whose_caption_names_the_text(micro_f
 
 def test_rerank_is_checked_and_falls_back_to_pmi_without_a_caption_prompt(micro_fast_export, monkeypatch):
     pipe = unio.load(micro_fast_export, device="cpu")
-    with pytest.raises(InputError, match="rerank must be one of recaption, caption, pmi"):
+    with pytest.raises(InputError, match="rerank='clip' of generate_image: must be one of recaption, caption, pmi"):
         pipe.generate_image("a small red circle", candidates=2, rerank="clip")
     with pytest.raises(InputError, match="unknown option"):
         pipe.run("caption", Image.new("RGB", (32, 32)), rerank="pmi")
     example = get_task("detect").build({"image": Image.new("RGB", (32, 32))}, pipe.ctx)
-    with pytest.raises(InputError, match="generate_image only"):
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['rerank'\] for detect"):
         pipe.predict_examples("detect", [example], rerank="pmi")
-    monkeypatch.setattr(type(pipe), "tasks", property(lambda self: ["generate_image"]))
+    monkeypatch.setattr(type(pipe.ctx.prompts), "tasks", property(lambda self: ["generate_image"]))
     for rerank in ("caption", "recaption"):
         with pytest.raises(InputError, match="caption prompt, and this model has none"):
             pipe.generate_image("a small red circle", candidates=2, rerank=rerank)
     calls = []
-    monkeypatch.setattr(pipe, "_target_loglik", lambda examples, targets: calls.append(examples) or np.zeros(len(examples)))
+    monkeypatch.setattr(pipe, "target_loglik", lambda examples, targets: calls.append(examples) or np.zeros(len(examples)))
     pipe.generate_image("a small red circle", seed=0, candidates=2)
     assert len(calls) == 2 and all(e.task == "generate_image" for e in calls[0])  # pmi: conditional, unconditional
 
@@ -536,12 +537,12 @@ def test_candidates_run_for_real_and_are_checked(micro_fast_export):
     pipe = unio.load(micro_fast_export, device="cpu")
     images = pipe.generate_image(["a small red circle", "a large blue square"], seed=1, candidates=2, guidance=2.0)
     assert len(images) == 2 and images[0].size == images[1].size
-    for bad in (0, 1.5, True):
-        with pytest.raises(InputError, match="candidates must be a whole number"):
+    for bad, why in ((0, "must be >= 1"), (1.5, "must be a whole number"), (True, "must be a whole number")):
+        with pytest.raises(InputError, match=f"candidates={bad!r} of generate_image: {why}"):
             pipe.generate_image("a small red circle", candidates=bad)
     with pytest.raises(InputError, match="unknown option"):
         pipe.run("caption", Image.new("RGB", (32, 32)), candidates=2)
     task = get_task("detect")
     example = task.build({"image": Image.new("RGB", (32, 32))}, pipe.ctx)
-    with pytest.raises(InputError, match="generate_image only"):
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['candidates'\] for detect"):
         pipe.predict_examples("detect", [example], candidates=2)

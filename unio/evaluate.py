@@ -351,7 +351,7 @@ def main(args) -> int:
     tasks = None
     if args.tasks:
         tasks = [t for item in args.tasks for t in item.replace(",", " ").split()]
-    options = parse_options(getattr(args, "options", None), task_names())
+    options = parse_options(getattr(args, "options", None))
     results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
                        device=args.device, seed=getattr(args, "seed", 0), options=options,
                        predictions=getattr(args, "predictions", None))

@@ -12,7 +12,7 @@ import math
 from .. import viz
 from ..errors import InputError, TaskError
 from ..metrics import accuracy
-from . import register
+from .registry import register
 from .base import Example, Label, Task, TaskContext, check_box, pick
 from .constraints import AllowedIdsProcessor, LabelTrie, TrieProcessor
 from .options import Option
@@ -111,7 +111,7 @@ class Classify(Task):
     def to_record(self, result, inputs, files, stem) -> dict:
         return {"label": str(result), "score": finite(result.score)}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return str(example.meta.get("label")), str(prediction)
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
@@ -142,7 +142,7 @@ class ClassifyRegion(Classify):
     def example_record(self, prediction, example, sample) -> dict:
         return {**super().example_record(prediction, example, sample), "box": box_list(example.meta["box"])}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return f"{example.meta.get('label')} at {fmt_box(example.meta['box'])}", str(prediction)
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:

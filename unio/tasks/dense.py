@@ -15,7 +15,7 @@ from .. import viz
 from ..data.coco import encode_mask
 from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox_array, unletterbox
 from ..metrics import depth_metrics, mask_iou, miou
-from . import register
+from .registry import register
 from .base import Example, Task, TaskContext
 from .classify import finite
 from .constraints import ImageCodesProcessor
@@ -117,14 +117,14 @@ class Segment(DenseTask):
     def to_record(self, result, inputs, files, stem) -> dict:
         return {"expression": inputs.get("expression"), "mask": encode_mask(result), "area": int(result.sum())}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         m = example.meta
         return (f"{m['expression']}: {int(np.sum(m['mask']))} px",
                 f"{int(np.sum(prediction))} px, IoU {mask_iou(prediction, m['mask']):.2f}")
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
         if example is None:
-            return [(viz.mask_panel(image, result, scale=scale), (inputs or {}).get("expression") or "")]
+            return [(viz.mask_panel(image, result, scale=scale), "")]
         m = example.meta
         return [(viz.mask_panel(image, result, viz.PRED, scale), f"segment '{m['expression']}': IoU "
                  f"{mask_iou(result, m['mask']):.2f}"), (viz.mask_panel(image, m["mask"], viz.TRUTH, scale),
@@ -190,7 +190,7 @@ class Depth(DenseTask):
         else:
             viz.colorize_depth(result).save(path)
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         d = example.meta["depth"]
         return (f"depth {np.min(d):.2f}..{np.max(d):.2f}",
                 f"AbsRel {depth_metrics(prediction, d)['absrel']:.2f} (all pixels)")

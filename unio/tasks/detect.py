@@ -27,7 +27,7 @@ import numpy as np
 from .. import viz
 from ..errors import BoxError
 from ..metrics import coco_detection_map
-from . import register
+from .registry import register
 from .base import Detection, Example, Task, TaskContext, location_limits
 from .classify import finite
 from .constraints import BoxesProcessor, LabelTrie
@@ -44,7 +44,7 @@ class Detect(Task):
         "max_objects": Option(int, min=1, doc="most boxes to write (default 20)"),
         "top_p": Option(float, above=0, max=1, doc="nucleus sampling of the sequence (Pix2Seq); default greedy"),
         "temperature": Option(float, above=0, doc="sampling temperature with top_p"),
-        "threshold": Option(float, min=0, max=1, doc="drop boxes scoring below this"),
+        "threshold": Option(float, min=0, doc="drop boxes scoring below this (scores are probabilities)"),
     }
     headline = "map50"
     needs_scores = True
@@ -229,7 +229,7 @@ class Detect(Task):
                                 "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": score})
         return results, [{"id": i, "name": n} for n, i in cat_ids.items()]
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         top = sorted(prediction, key=lambda d: -d.score)[:3]
         return ", ".join(example.meta["labels"]), ", ".join(f"{d.label} {d.score:.2f}" for d in top) or "(none)"
 
@@ -238,7 +238,7 @@ class Detect(Task):
         drawn = viz.boxes_panel(image, [d.box for d in top], [d.label for d in top], [d.score for d in top],
                                 scale=scale)
         if example is None:
-            return [(drawn, f"{len(result)} boxes")]
+            return [(drawn, "")]
         m = example.meta
         return [(drawn, f"detect: {len(result)} boxes (top {len(top)})"),
                 (viz.boxes_panel(image, m["boxes"], m["labels"], colors=[viz.TRUTH] * len(m["boxes"]), scale=scale),

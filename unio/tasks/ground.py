@@ -6,7 +6,7 @@ import numpy as np
 from .. import viz
 from ..errors import TaskError
 from ..metrics import box_iou, grounding_acc
-from . import register
+from .registry import register
 from .base import Box, Example, Task, TaskContext, location_limits, pick
 from .constraints import BoxesProcessor
 from .text import box_list, fmt_box
@@ -97,7 +97,7 @@ class Ground(Task):
     def to_record(self, result, inputs, files, stem) -> dict:
         return {"expression": inputs.get("expression"), "box": box_list(result)}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         m = example.meta
         return f"{m['expression']} {fmt_box(m['box'])}", f"{fmt_box(prediction)} IoU {iou(prediction, m['box']):.2f}"
 
@@ -105,7 +105,7 @@ class Ground(Task):
         if example is None:
             expression = (inputs or {}).get("expression") or ""
             return [(viz.boxes_panel(image, [tuple(result)] if result is not None else [],
-                                     [expression] if result is not None else None, scale=scale), expression)]
+                                     [expression] if result is not None else None, scale=scale), "")]
         m = example.meta
         boxes, colors = [m["box"]], [viz.TRUTH]
         if result is not None:

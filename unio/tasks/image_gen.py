@@ -32,7 +32,7 @@ from .. import viz
 from ..errors import InputError, TaskError
 from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox, load_image
 from ..metrics import psnr, text_recall
-from . import get_task, register
+from .registry import get_task, register
 from .base import Example, Task, TaskContext, check_box, pick, short
 from .constraints import GuidedSampler, ImageCodesProcessor
 from .dense import image_codes
@@ -164,7 +164,7 @@ class GenerateImage(ImageTask):
     # -- sampling several candidates and choosing one (Pipeline.predict_examples calls these)
     def before_run(self, ctx, options: dict) -> None:
         rerank = options.get("rerank")
-        if rerank in ("caption", "recaption") and Caption.name not in ctx.prompts:
+        if rerank in ("caption", "recaption") and Caption.name not in ctx.prompts.tasks:
             raise InputError(f"rerank={rerank!r} scores pictures with the model's caption prompt, and this model has "
                              f"none (its tasks: {', '.join(ctx.prompts.tasks)}); use rerank='pmi'")
 
@@ -190,7 +190,7 @@ class GenerateImage(ImageTask):
         ``target_loglik``, ``predict_examples``).
         """
         ctx = runner.ctx
-        rerank = options.get("rerank") or ("recaption" if Caption.name in ctx.prompts else "pmi")
+        rerank = options.get("rerank") or ("recaption" if Caption.name in ctx.prompts.tasks else "pmi")
         tok, vocab = ctx.image_tokenizer, ctx.vocab
         sampled = torch.as_tensor(np.stack([image_codes(ids, ctx) for ids, _, _ in outs[: len(cond)]]))
         pictures = [tok.decode(sampled[i:i + 64]) for i in range(0, len(sampled), 64)]
@@ -233,8 +233,16 @@ class GenerateImage(ImageTask):
     def example_record(self, prediction, example, sample) -> dict:
         return {"prediction": None, "truth": None, "text": example.meta.get("text")}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
-        return short(example.meta["text"]), ""
+    def to_record(self, result, inputs, files, stem) -> dict:
+        files.mkdir(parents=True, exist_ok=True)
+        result.save(files / f"{stem}.png")
+        return {"text": inputs["text"], "image_png": str(files / f"{stem}.png")}
+
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
+        if judge is None:
+            return short(example.meta["text"]), f"a {prediction.width}x{prediction.height} picture"
+        dets = sorted(judge.run(Detect.name, prediction), key=lambda d: -d.score)[:3]
+        return short(example.meta["text"]), ", ".join(f"{d.label} {d.score:.2f}" for d in dets) or "(nothing detected)"
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
         text = example.meta["text"] if example is not None else (inputs or {}).get("text", "")
@@ -363,7 +371,7 @@ class Inpaint(ImageTask):
         result.save(png)
         return {"text": inputs["text"], "box": list(inputs["box"]), "image_png": str(png)}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         m = example.meta
         return f"{m['text']} at {fmt_box(m['box'])}", f"PSNR {box_psnr(prediction, example):.1f} dB in the box"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..data.specs import parse_value
 from ..errors import InputError, TaskError
+from .registry import task_names
 
 __all__ = ["Option", "GENERATE", "PROMPT", "parse_options"]
 
@@ -93,10 +94,10 @@ GENERATE: dict[str, Option] = {
 PROMPT = Option(str, doc="the prompt text to use instead of the task's canonical prompt")
 
 
-def parse_options(items, known_tasks) -> dict:
+def parse_options(items) -> dict:
     """The CLI's ``--option [TASK.]KEY=VALUE`` strings -> ``{TASK or None: {KEY: value}}``.
 
-    ``None`` scopes an option to every task; ``known_tasks`` are the names a scope may take.
+    ``None`` scopes an option to every task; a scope must name a registered task.
     """
     out: dict = {}
     for item in items or []:
@@ -106,9 +107,9 @@ def parse_options(items, known_tasks) -> dict:
             raise InputError(f"--option {item!r} is not KEY=VALUE; write e.g. --option num_beams=3 or "
                              "--option generate_image.guidance=3")
         scope, _, name = key.rpartition(".")
-        if scope and scope not in known_tasks:
+        if scope and scope not in task_names():
             raise TaskError(f"--option {item!r} names unknown task {scope!r}; choose one of: "
-                            f"{', '.join(known_tasks)}")
+                            f"{', '.join(task_names())}")
         text = text.strip()
         out.setdefault(scope or None, {})[name] = None if text.lower() in ("none", "null") else parse_value(text)
     return out

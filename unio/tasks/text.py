@@ -11,7 +11,7 @@ import numpy as np
 from .. import viz
 from ..errors import TaskError
 from ..metrics import bleu4, cider, exact_match, normalize_answer, vqa_accuracy
-from . import register
+from .registry import register
 from .base import Example, Task, TaskContext, check_box, pick, short
 
 VQA_HUMANS = 10   # the VQAv2 rule needs the 10 human answers of VQAv2
@@ -62,7 +62,7 @@ class Described(TextTask):
         refs = list(example.meta["references"])
         return {"prediction": prediction, "truth": refs, "exact_match": exact_match([prediction], [refs]) == 1.0}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return (example.meta.get("references") or [""])[0], str(prediction)
 
 
@@ -138,7 +138,7 @@ class VQA(TextTask):
         acc, _, kind = vqa_item(prediction, answers)
         return {"prediction": prediction, "truth": answers, "accuracy": acc, "answer_type": kind}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return (example.meta.get("answers") or [""])[0], str(prediction)
 
 
@@ -193,8 +193,8 @@ class DescribeRegion(Described):
     def example_record(self, prediction, example, sample) -> dict:
         return {**super().example_record(prediction, example, sample), "box": box_list(example.meta["box"])}
 
-    def summary(self, prediction, example) -> tuple[str, str]:
-        truth, pred = super().summary(prediction, example)
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
+        truth, pred = super().summary(prediction, example, judge)
         return f"{truth} at {fmt_box(example.meta['box'])}", pred
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
