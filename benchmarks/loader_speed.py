@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     from unio.model.modeling_unio import shift_tokens_right
     from unio.recipe import load_recipe
     from unio.tasks import TaskContext
-    from unio.train import _build_model, _classes, _collate, _make_example
+    from unio.training.prepare import build_model, collate_examples, make_example, run_classes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="recipes/shapes-tiny.yaml")
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     t, m = recipe["train"], recipe["model"]
     sources = [open_source(s, recipe["data"]["on_bad_record"]) for s in recipe["data"]["train"]]
     ctx = TaskContext.from_dir(recipe["tokenizers"], image_size=m["image_size"], patch_size=m["patch_size"],
-                               prompts_dir=recipe["prompts"], classes=_classes(recipe, sources),
+                               prompts_dir=recipe["prompts"], classes=run_classes(recipe, sources),
                                num_bins=recipe["num_bins"])
     B = t["batch_size"]
     tasks = [s["tasks"] for s in recipe["data"]["train"]]
@@ -62,16 +62,16 @@ def main(argv=None) -> dict:
     for d in mix.next_batch() + mix.next_batch():
         sample = sources[d.source][d.index]
         t0 = time.perf_counter()
-        _make_example(d.task, sample, d.rng(t["seed"]), ctx)
+        make_example(d.task, sample, d.rng(t["seed"]), ctx)
         per_task[d.task].append(time.perf_counter() - t0)
 
     rows = []
     for workers in args.workers:
         mix = Mixture(sources, tasks, weights, seed=t["seed"], batch_size=B)
         loader = torch.utils.data.DataLoader(
-            ExampleDataset(mix, partial(_make_example, ctx=ctx)),
+            ExampleDataset(mix, partial(make_example, ctx=ctx)),
             batch_sampler=RankBatchSampler(mix, rank=0, world_size=1, steps=args.batches + 1),
-            num_workers=workers, collate_fn=partial(_collate, ctx=ctx, multiple=t["pad_to_multiple_of"]))
+            num_workers=workers, collate_fn=partial(collate_examples, ctx=ctx, multiple=t["pad_to_multiple_of"]))
         it = iter(loader)
         next(it)  # workers started, first batch in
         t0 = time.perf_counter()
@@ -80,11 +80,11 @@ def main(argv=None) -> dict:
         rows.append({"workers": workers, "samples_per_s": args.batches * B / (time.perf_counter() - t0)})
 
     # the training step alone, on batches built beforehand
-    model = _build_model(recipe, ctx)
+    model = build_model(recipe, ctx)
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"])
     mix = Mixture(sources, tasks, weights, seed=t["seed"], batch_size=B)
-    ds = ExampleDataset(mix, partial(_make_example, ctx=ctx))
-    batches = [_collate([ds[d] for d in mix.next_batch()], ctx, t["pad_to_multiple_of"])[0] for _ in range(2)]
+    ds = ExampleDataset(mix, partial(make_example, ctx=ctx))
+    batches = [collate_examples([ds[d] for d in mix.next_batch()], ctx, t["pad_to_multiple_of"])[0] for _ in range(2)]
 
     def step(batch):
         inputs = {k: v for k, v in batch.items() if v is not None and k not in ("labels", "label_weights")}

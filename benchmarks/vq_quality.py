@@ -22,7 +22,7 @@ import torch
 
 from unio.data.shapes import ShapesWorld
 from unio.tokenizers.image import ImageTokenizer
-from unio.tokenizers.image_train import evaluate
+from unio.training.image_tokenizer_eval import evaluate
 
 TARGETS = {"psnr": (">=", 30.0), "usage": (">=", 0.5), "mask_iou": (">=", 0.95), "depth_absrel": ("<=", 0.05),
            "mask_iou_refined": (">=", 0.95), "depth_absrel_refined": ("<=", 0.05)}

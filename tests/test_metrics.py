@@ -299,6 +299,27 @@ def test_psnr():
         psnr(np.zeros((2, 2)), np.zeros((3, 2)))
 
 
+def test_psnr_of_tensors_and_per_image():
+    """Tensors give what arrays give; per_image (the image tokenizer's held-out figure) gives one
+    value per image of a batch, a float32 tensor for tensors, with the MSE floored at 1e-10."""
+    import torch
+
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    b[0] = a[0]
+    per = psnr(a, b, per_image=True)
+    assert isinstance(per, torch.Tensor) and per.dtype == torch.float32 and per.shape == (3,)
+    assert float(per[0]) == pytest.approx(100.0)  # identical images: 10 log10(1 / 1e-10)
+    mse = ((a[1].double() - b[1].double()) ** 2).mean().item()
+    assert psnr(a[1], b[1]) == psnr(a[1].numpy(), b[1].numpy()) == pytest.approx(-10 * math.log10(mse))
+    assert float(per[1]) == pytest.approx(psnr(a[1], b[1]), rel=1e-5)
+    assert psnr(a.numpy(), b.numpy(), per_image=True) == pytest.approx(per.numpy(), rel=1e-5)
+    u8 = (a * 200).round().to(torch.uint8)  # no 255 to wrap around below
+    assert float(psnr(u8, u8 + 1, per_image=True)[0]) == pytest.approx(10 * math.log10(255 ** 2), rel=1e-6)
+    with pytest.raises(InputError, match="differs from target shape"):
+        psnr(a, b[:2], per_image=True)
+
+
 def test_vqa_accuracy_with_fewer_than_ten_answers():
     from unio.metrics import vqa_accuracy
     assert vqa_accuracy("yes", ["yes"]) == 1.0      # one reference acts as exact match

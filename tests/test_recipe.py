@@ -146,3 +146,17 @@ def test_section_override_merges_into_the_section(tmp_path, monkeypatch):
     assert r["train"]["steps"] == 5 and r["train"]["batch_size"] == 16 and r["model"]["preset"] == "tiny"
     with pytest.raises(RecipeError, match="unknown recipe key train.stepz"):
         load_recipe(_recipe(tmp_path, MINIMAL), ["train={stepz: 5}"])
+
+
+def test_a_shipped_model_name_is_a_model_init(tmp_path, monkeypatch):
+    """`--set model.init=shapes-demo` starts from the shipped model, as `--model shapes-demo` does elsewhere."""
+    from unio.export import export_path
+
+    monkeypatch.chdir(tmp_path)  # found wherever the run starts, not only next to the models/ folder
+    r = load_recipe(_recipe(tmp_path, MINIMAL), ["model.init=shapes-demo"])
+    assert Path(r["model"]["init"]) == export_path("shapes-demo").resolve()
+    assert (Path(r["model"]["init"]) / "unio.json").is_file()
+    (tmp_path / "mine").mkdir()  # a folder of that name here is what the user means
+    assert load_recipe(_recipe(tmp_path, MINIMAL), ["model.init=mine"])["model"]["init"] == str(tmp_path / "mine")
+    with pytest.raises(RecipeError, match="model.init: 'no-such-model' is neither an export directory nor a shipped"):
+        load_recipe(_recipe(tmp_path, MINIMAL), ["model.init=no-such-model"])

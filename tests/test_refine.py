@@ -125,7 +125,8 @@ def test_guides_are_resized_and_checked():
 
 
 def test_refiner_training_lowers_its_loss():
-    from unio.tokenizers.image_train import ShapesSource, refine_step
+    from unio.data.pictures import ShapesPictures
+    from unio.training.image_tokenizer import refine_step
     torch.manual_seed(0)
     tok = ImageTokenizer(**TINY)
     tok.add_refiner("depth", RefinerConfig(kernel=5, channels=8, layers=3))
@@ -133,7 +134,7 @@ def test_refiner_training_lowers_its_loss():
     for name, p in tok.named_parameters():
         p.requires_grad_(name.startswith("refiners."))
     opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=1e-2)
-    batch = ShapesSource(image_size=32, seed=3).guided(range(8))
+    batch = ShapesPictures(image_size=32, seed=3).guided(range(8))
     assert batch["rgb"].shape == (8, 3, 32, 32) and batch["depth"].shape == batch["mask"].shape == (8, 32, 32)
     frozen = {k: v.clone() for k, v in tok.state_dict().items() if not k.startswith("refiners.")}
     losses = [refine_step(tok, opt, batch, ("depth", "mask")) for _ in range(25)]
@@ -224,10 +225,10 @@ def _depth_folder(root, n=6, size=(48, 40)):
 
 
 def test_refiners_train_on_a_dataset_of_your_own(tmp_path, capsys):
-    from unio.tokenizers.image_train import DatasetGuidedSource
+    from unio.data.pictures import GuidedPictures
     spec = _depth_folder(tmp_path / "data")
     ImageTokenizer(**TINY, depth_range=(0.0, 10.0)).save(tmp_path / "parent")
-    source = DatasetGuidedSource(spec, 32, (0.0, 10.0), ("depth",), held_out=128)
+    source = GuidedPictures(spec, 32, (0.0, 10.0), ("depth",), held_out=128)
     assert (source.train_n, source.held_out) == (5, 1)  # at most a fifth is held out
     b = source.guided(range(3))
     assert b["rgb"].shape == (3, 3, 32, 32) and b["depth"].shape == b["valid"].shape == (3, 32, 32)

@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
     """One uninterrupted 8-step run, and one interrupted after step 4 then resumed."""
     import torch
 
-    from unio.train import train
+    from unio.training import train
 
     tmp = tmp_path_factory.mktemp("train")
     cwd, threads = os.getcwd(), torch.get_num_threads()
@@ -109,7 +109,7 @@ def test_tensorboard_forgets_steps_after_the_checkpoint_on_resume(runs, tmp_path
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from unio.train import train
+    from unio.training import train
 
     monkeypatch.chdir(ROOT)
     run = tmp_path / "run"
@@ -139,7 +139,7 @@ def test_resume_continues_step_count_data_position_and_losses(runs):
 def test_export_then_load_then_predict(runs):
     import unio
     from unio.data.shapes import ShapesWorld
-    from unio.train import export
+    from unio.training import export
 
     out = export(runs["full"], runs["tmp"] / "export")
     pipe = unio.load(out)
@@ -166,7 +166,7 @@ def test_half_precision_export_loads_at_the_callers_precision(runs):
     import unio
     from unio.data.shapes import ShapesWorld
     from unio.errors import InputError
-    from unio.train import export
+    from unio.training import export
 
     full = unio.load(export(runs["full"], runs["tmp"] / "export32"))
     half_dir = export(runs["full"], runs["tmp"] / "export16", dtype="float16")
@@ -183,7 +183,7 @@ def test_half_precision_export_loads_at_the_callers_precision(runs):
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(runs, monkeypatch):
-    from unio.train import train
+    from unio.training import train
 
     monkeypatch.chdir(ROOT)
     with pytest.raises(RecipeError, match="already holds checkpoints; pass --resume"):
@@ -193,7 +193,7 @@ def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(runs, monkeypat
 
 
 def test_a_kill_during_save_keeps_the_last_good_checkpoint(runs, tmp_path):
-    from unio.train import _save, latest_tag
+    from unio.training.checkpoint import latest_tag, save
 
     ckpt = tmp_path / "checkpoints"
     shutil.copytree(runs["full"] / "checkpoints", ckpt)
@@ -205,7 +205,7 @@ def test_a_kill_during_save_keeps_the_last_good_checkpoint(runs, tmp_path):
             raise KeyboardInterrupt  # the process is stopped mid-write
 
     with pytest.raises(KeyboardInterrupt):
-        _save(DiesWhileSaving(), ckpt, 12, {}, rank=0, keep=2)
+        save(DiesWhileSaving(), ckpt, 12, {}, rank=0, keep=2)
     assert latest_tag(ckpt) == "step00000008" and not (ckpt / "step00000012").exists()
 
     class Saves:
@@ -213,7 +213,7 @@ def test_a_kill_during_save_keeps_the_last_good_checkpoint(runs, tmp_path):
             (Path(save_dir) / tag).mkdir(parents=True)
             (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"complete")
 
-    assert _save(Saves(), ckpt, 12, {}, rank=0, keep=2) == "step00000012"
+    assert save(Saves(), ckpt, 12, {}, rank=0, keep=2) == "step00000012"
     assert latest_tag(ckpt) == "step00000012"
     assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith(("step", ".tmp"))) == \
         ["step00000008", "step00000012"]  # the partial save is gone, older ones pruned
@@ -242,7 +242,7 @@ def test_skipped_records_are_counted_across_loader_workers_and_resumes(tmp_path,
     import numpy as np
     from PIL import Image
 
-    from unio.train import train
+    from unio.training import train
 
     monkeypatch.chdir(ROOT)
     rng = np.random.default_rng(0)
@@ -293,7 +293,7 @@ def test_two_cpu_processes(runs, tmp_path, stage):
     assert {f"rng_rank{r}.pt" for r in (0, 1)} <= {p.name for p in (out / "checkpoints" / tag).iterdir()}
     if stage == "zero3":
         assert {"caption/bleu4", "vqa/exact_match"} <= set(_records(out / "eval.jsonl")[-1])
-        from unio.train import export
+        from unio.training import export
         assert (export(out, tmp_path / "export") / "model.safetensors").is_file()
 
 
@@ -301,7 +301,7 @@ def test_two_cpu_processes(runs, tmp_path, stage):
 def test_resume_on_another_number_of_processes(runs, tmp_path, monkeypatch):
     """A one-process ZeRO-0 checkpoint resumes on two processes with the same losses (the data position
     is global); a ZeRO-2 one, whose optimizer state is split per process, is refused with a way out."""
-    from unio.train import train
+    from unio.training import train
 
     run = tmp_path / "moved"
     shutil.copytree(runs["full"], run)
@@ -332,7 +332,7 @@ def test_recipe_trains_its_text_tokenizer_on_its_data(tmp_path, monkeypatch):
     from PIL import Image
 
     from unio.tokenizers.text import TextTokenizer
-    from unio.train import _train_text_tokenizer
+    from unio.training.prepare import train_text_tokenizer
 
     monkeypatch.chdir(ROOT)
     Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
@@ -343,7 +343,7 @@ def test_recipe_trains_its_text_tokenizer_on_its_data(tmp_path, monkeypatch):
     recipe = load_recipe(tmp_path / "micro.yaml", [
         f"data.train=[{{source: jsonl, path: {tmp_path}/t.jsonl, tasks: {{caption: 1, vqa: 1}}}}]",
         "text_tokenizer.train=true", "text_tokenizer.vocab_size=600"])
-    _train_text_tokenizer(recipe, tmp_path / "text.model")
+    train_text_tokenizer(recipe, tmp_path / "text.model")
     tok = TextTokenizer.load(tmp_path / "text.model")
     assert tok.vocab_size == 600 and tok.decode(tok.encode("a zebrafish swims")) == "a zebrafish swims"
     assert len(tok.encode("zebrafish")) <= 2  # learnt from the data, not bytes
@@ -356,7 +356,7 @@ def test_finetune_an_export_on_a_jsonl_manifest(tmp_path, monkeypatch):
 
     import unio
     from unio.export import init_export
-    from unio.train import export, train
+    from unio.training import export, train
 
     monkeypatch.chdir(ROOT)
     threads = torch.get_num_threads()
@@ -408,7 +408,7 @@ out: {tmp_path}/run
 
 
 def test_deepspeed_config_is_filled_from_the_recipe(tmp_path, monkeypatch):
-    from unio.train import build_ds_config
+    from unio.training import build_ds_config
 
     monkeypatch.chdir(ROOT)
     cfg = build_ds_config(_recipe(tmp_path, tmp_path / "r", "deepspeed=zero3-offload", "train.micro_batch_size=2"),

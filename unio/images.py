@@ -3,7 +3,8 @@
 The model sees every image letterboxed to an S x S square: scaled so its long side is S and
 placed at the top-left corner, the rest filled with grey. Location tokens are normalised by the
 long side too (unio.tokenizers.locations), so a normalised coordinate means the same point in the
-original image and in the letterboxed one. :func:`unletterbox` maps a dense S x S output (mask,
+original image and in the letterboxed one (:func:`letterbox_array` does the same for a mask or a
+depth map). :func:`unletterbox` maps a dense S x S output (mask,
 depth, generated image) back to the caller's original size.
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import BoxError, ImageError
 
-__all__ = ["load_image", "Letterbox", "letterbox", "unletterbox", "to_pixel_values", "from_pixel_values",
-           "check_box", "FILL", "IMAGE_EXTENSIONS"]
+__all__ = ["load_image", "Letterbox", "letterbox", "letterbox_array", "unletterbox", "to_pixel_values",
+           "from_pixel_values", "check_box", "FILL", "IMAGE_EXTENSIONS"]
 
 FILL = (127, 127, 127)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what folders are read for
@@ -106,6 +107,22 @@ def letterbox(image, size: int, resample=Image.BICUBIC) -> tuple[Image.Image, Le
     canvas = Image.new("RGB", (size, size), FILL)
     canvas.paste(img if (w, h) == img.size else img.resize((w, h), resample), (0, 0))
     return canvas, info
+
+
+def letterbox_array(arr: np.ndarray, size: int, fill: float, nearest: bool) -> np.ndarray:
+    """An (H, W) mask or depth map placed top-left in a size x size canvas, as :func:`letterbox`
+    places a picture: ``nearest`` for masks (bool out, ``fill`` as a bool), else bilinear (float32)."""
+    arr = np.asarray(arr)
+    info = Letterbox(arr.shape[1], arr.shape[0], int(size))
+    w, h = info.content
+    if nearest:
+        small = np.asarray(Image.fromarray(arr.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+        out = np.full((size, size), bool(fill))
+    else:
+        small = np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+        out = np.full((size, size), fill, dtype=np.float32)
+    out[:h, :w] = small
+    return out
 
 
 def unletterbox(dense, info: Letterbox, resample=Image.BILINEAR):

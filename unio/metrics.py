@@ -16,6 +16,9 @@ from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from .errors import InputError
 
@@ -271,9 +274,6 @@ def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[
     Labels are names from ``categories`` (default: every ground-truth label); predicted labels
     outside them are dropped. Values are nan where no ground-truth box exists at all.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if len(predictions) != len(ground_truths):
         raise InputError(f"{len(predictions)} prediction lists but {len(ground_truths)} ground-truth lists; "
                          "give one list per image (empty for an image without detections)")
@@ -371,13 +371,21 @@ def depth_metrics(pred, gt, mask=None) -> dict[str, float]:
             "delta1": float(np.mean(ratio < 1.25))}
 
 
-def psnr(a, b, data_range: float | None = None, mask=None) -> float:
+def psnr(a, b, data_range: float | None = None, mask=None, per_image: bool = False):
     """Peak signal-to-noise ratio in dB; inf for identical inputs.
 
-    ``a``, ``b``: PIL images or arrays of one shape. ``data_range`` defaults to 255 for integer
-    (uint8) inputs and 1.0 for floats. ``mask`` (H, W) restricts it to some pixels (inpainting).
+    ``a``, ``b``: PIL images, arrays or torch tensors of one shape. ``data_range`` defaults to 255
+    for integer (uint8) inputs and 1.0 for floats. ``mask`` (H, W) restricts it to some pixels
+    (inpainting).
+
+    ``per_image``: ``a`` and ``b`` are batches (B, ...), and the result holds one PSNR per image: a
+    float32 tensor when either input is a tensor (else a float64 array), with each image's MSE
+    floored at 1e-10, so that a perfect reconstruction counts 100 dB (at range 1), not inf, and a
+    mean over images stays finite (how the image tokenizer's training reports its quality).
     """
-    x, y = _same_shape(np.asarray(a), np.asarray(b), "psnr")
+    if per_image:
+        return _psnr_per_image(a, b, data_range, mask)
+    x, y = _same_shape(_array(a), _array(b), "psnr")
     if data_range is None:
         data_range = 255.0 if x.dtype.kind in "ui" and y.dtype.kind in "ui" else 1.0
     diff = x.astype(np.float64) - y.astype(np.float64)
@@ -390,3 +398,31 @@ def psnr(a, b, data_range: float | None = None, mask=None) -> float:
             raise InputError("the psnr mask selects no pixels")
     mse = float(np.mean(diff ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+
+
+def _psnr_per_image(a, b, data_range, mask):
+    if mask is not None:
+        raise InputError("psnr(per_image=True) takes no mask; compute masked PSNRs one image at a time")
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        x = torch.as_tensor(a)
+        y = torch.as_tensor(b, device=x.device)
+        if x.shape != y.shape:
+            raise InputError(f"psnr: prediction shape {tuple(x.shape)} differs from target shape {tuple(y.shape)}")
+        if data_range is None:
+            data_range = 1.0 if x.is_floating_point() or y.is_floating_point() else 255.0
+        mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        return -10 * torch.log10(mse) + 20 * math.log10(data_range)
+    x, y = _same_shape(_array(a), _array(b), "psnr")
+    if data_range is None:
+        data_range = 255.0 if x.dtype.kind in "ui" and y.dtype.kind in "ui" else 1.0
+    diff = x.astype(np.float64) - y.astype(np.float64)
+    mse = np.maximum((diff ** 2).reshape(len(diff), -1).mean(1), 1e-10)
+    return -10 * np.log10(mse) + 20 * math.log10(data_range)
+
+
+def _array(value) -> np.ndarray:
+    """A PIL image, array or (any device's) tensor as a numpy array."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from .errors import DataError, RecipeError, UnioError
+from .data.formats import COMMON_KEYS, source_keys
+from .errors import CheckpointError, DataError, RecipeError, UnioError
+from .export import export_path
+from .model.configuration_unio import PRESETS, UnioConfig, _HIDDEN_FIELDS
+from .resources import data_path
+from .tasks import task_names
 
-__all__ = ["DEFAULTS", "load_recipe", "apply_override", "resolve", "save_recipe", "resolve_path"]
+__all__ = ["DEFAULTS", "load_recipe", "apply_override", "resolve", "save_recipe", "resolve_path", "resolve_init"]
 
 # Every key a recipe may set, with its default (and so its type). None: optional, any type.
 DEFAULTS: dict[str, Any] = {
@@ -26,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "preset": "tiny",          # UnioConfig.preset name: tiny, small, base, large
         "image_size": 64,          # S: images are letterboxed to S x S
         "patch_size": 8,           # P
-        "init": None,              # an export directory to start from (fine-tuning) instead of random weights
+        "init": None,              # an export directory (or shipped model name) to start from instead of random weights
         # ...plus any UnioConfig field (d_model, encoder_layers, dropout, patch_stem, ...) as an override
     },
     "tokenizers": "tokenizers/shapes",  # folder with text.model and image/ (ignored with model.init)
@@ -81,7 +87,6 @@ def load_recipe(path, overrides: Iterable[str] = ()) -> dict:
         name = path.name if path.suffix else f"{path.name}.yaml"
         shipped = None
         if path.parent in (Path("."), Path("recipes")):
-            from .resources import data_path
             try:
                 shipped = data_path("recipes", name)
             except UnioError:
@@ -241,7 +246,6 @@ def resolve_path(value, key: str, kind: str = "file", shipped: bool = True) -> s
     p = Path(str(value)).expanduser()
     candidates = [p if p.is_absolute() else Path.cwd() / p]
     if shipped and not p.is_absolute():
-        from .resources import data_path
         try:
             candidates.append(data_path(*p.parts))
         except UnioError:
@@ -255,13 +259,29 @@ def resolve_path(value, key: str, kind: str = "file", shipped: bool = True) -> s
                       f"supply the {what} or fix the path in the recipe")
 
 
+def resolve_init(value, key: str = "model.init") -> str:
+    """Absolute path of the export a run starts from: an export directory (absolute, or relative to
+    the working directory) or the name of a shipped model (``shapes-demo``), as ``--model`` takes it
+    elsewhere (:func:`unio.export.export_path`). Neither -> RecipeError naming ``key``."""
+    p = Path(str(value)).expanduser()
+    if (p if p.is_absolute() else Path.cwd() / p).is_dir():
+        return resolve_path(p, key, "dir", shipped=False)
+    try:
+        found = export_path(str(value))
+    except CheckpointError as exc:
+        raise RecipeError(f"{key}: {exc}") from None
+    if not Path(found).is_dir():
+        raise RecipeError(f"{key}: {value} is not a folder; give an export directory or a shipped model name")
+    return str(Path(found).resolve())
+
+
 # ----------------------------------------------------------------------------- validation
 def resolve(recipe: dict, source: str = "<recipe>") -> dict:
     """Check every section and make paths absolute; returns the recipe (modified in place)."""
     model = recipe["model"]
     _check_model(model)
     if model.get("init"):
-        model["init"] = resolve_path(model["init"], "model.init", "dir", shipped=False)
+        model["init"] = resolve_init(model["init"])
     else:
         recipe["tokenizers"] = resolve_path(recipe["tokenizers"], "tokenizers", "dir")
     if recipe["prompts"]:
@@ -327,10 +347,6 @@ def model_overrides(model: dict) -> dict:
 
 
 def _check_model(model: dict) -> None:
-    from dataclasses import fields
-
-    from .model.configuration_unio import PRESETS, UnioConfig, _HIDDEN_FIELDS
-
     if model["preset"] not in PRESETS:
         raise RecipeError(f"model.preset {model['preset']!r} is unknown; use one of {sorted(PRESETS)}")
     types = {f.name: f.default for f in fields(UnioConfig)
@@ -349,18 +365,14 @@ def _check_model(model: dict) -> None:
 
 
 def _check_tasks(tasks, key: str) -> None:
-    from .tasks import TASKS
-
     for name in tasks:
-        if name not in TASKS:
-            close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+        if name not in task_names():
+            close = difflib.get_close_matches(str(name), task_names(), n=1)
             raise RecipeError(f"{key}: unknown task {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f"; known tasks: {', '.join(TASKS)}")
+                              + f"; known tasks: {', '.join(task_names())}")
 
 
 def _check_source(spec, key: str, need_tasks: bool) -> dict:
-    from .data.formats import COMMON_KEYS, source_keys
-
     if isinstance(spec, str):  # "shapes" shorthand
         spec = {"source": spec}
     if not isinstance(spec, dict) or "source" not in spec:

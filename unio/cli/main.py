@@ -17,12 +17,12 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_shapes(args):
     if args.texts:
-        from ..data.shapes import write_text_corpus
+        from .shapes import write_text_corpus
         lines = write_text_corpus(args.texts, n=args.n, seed=args.seed, prompt_files=args.prompts)
         print(f"wrote {args.texts} ({lines} lines: the texts of {args.n} samples"
               + (f" and the templates of {len(args.prompts)} prompt files)" if args.prompts else ")"))
         return
-    from ..data.shapes import write_preview
+    from .shapes import write_preview
     write_preview(n=args.n, out=args.out, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
 
 
@@ -38,7 +38,7 @@ def _cmd_tokenizer(args):
         out = swap_image_tokenizer(args.model, args.tokenizer, args.out)
         print(f"wrote {out}: the model with the image tokenizer from {args.tokenizer}")
     else:
-        from ..tokenizers.image_train import main as train_image_tokenizer
+        from ..training.image_tokenizer import main as train_image_tokenizer
         train_image_tokenizer(args)
 
 
@@ -64,7 +64,7 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def _cmd_train(args):
-    from ..train import main as train
+    from ..training.loop import main as train
     return train(args)
 
 
@@ -74,7 +74,7 @@ def _cmd_eval(args):
 
 
 def _cmd_export(args):
-    from ..train import export
+    from ..training.run_export import export
     export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype)
 
 

@@ -1,19 +1,20 @@
 """Training the VQ image tokenizer: ``unio tokenizer image --data shapes --out DIR``.
 
 The data mixes RGB pictures with depth maps and object masks drawn as images by
-:mod:`unio.tokenizers.dense`: a tokenizer trained on RGB alone reproduces binary masks badly
-(IoU ~0.2 on the shapes world), because white-on-black silhouettes and grey ramps are far from
-anything it has seen. Shapes samples are rendered on the fly (about 0.4 ms each), so every step
-sees fresh scenes and there is nothing to overfit.
+:mod:`unio.tokenizers.dense` (:mod:`unio.data.pictures`): a tokenizer trained on RGB alone
+reproduces binary masks badly (IoU ~0.2 on the shapes world), because white-on-black silhouettes
+and grey ramps are far from anything it has seen. Shapes samples are rendered on the fly (about
+0.4 ms each), so every step sees fresh scenes and there is nothing to overfit.
 
 Loss: L1 + L2 on the reconstruction (plus the quantizer's own auxiliary loss for vq / lfq).
-The learning rate warms up, then follows a cosine to zero at ``--steps``.
+The learning rate warms up, then follows a cosine to zero at ``--steps`` (:mod:`.schedule`, the
+schedule ``unio train`` uses too).
 
 Fine-tuning: ``--init DIR`` starts from an existing tokenizer (its architecture and weights);
 with ``--decoder-only`` the encoder and quantizer stay frozen, so every image keeps its codes and
 a model trained on DIR can take the new decoder (``unio tokenizer swap-image``). With
 ``--refine depth`` (or ``mask``, or ``depth,mask``) only image-guided refiners of decoded maps
-learn (:mod:`.refine`): each step encodes and decodes depth maps / masks with the frozen
+learn (:mod:`unio.tokenizers.refine`): each step encodes and decodes depth maps / masks with the frozen
 tokenizer and trains the refiner to pull the decoded map towards the truth, guided by the scene's
 picture (loss: relative depth error, AbsRel-like; binary cross-entropy for masks). The pairs come
 from the shapes world (``--data shapes``) or from any dataset ``unio eval`` reads that has them
@@ -30,188 +31,25 @@ state (fp32 weights, optimizer, step, metrics.jsonl) lives in ``--run-dir`` (def
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from tqdm import tqdm
 
-from ..errors import DataError, ImageError, TokenizerError
-from ..metrics import depth_metrics
-from .dense import depth_to_image, mask_to_image
-from .image import ImageTokenizer, ImageTokenizerConfig
-from .refine import REFINABLE, RefinerConfig
+from ..data.pictures import KINDS, GuidedPictures, make_pictures
+from ..errors import TokenizerError
+from ..tokenizers.dense import depth_to_image, mask_to_image
+from ..tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from ..tokenizers.refine import REFINABLE, RefinerConfig
+from .image_tokenizer_eval import evaluate, evaluate_guided
+from .schedule import lr_at
 
-__all__ = ["main", "ShapesSource", "FolderSource", "DatasetGuidedSource", "make_source", "train_step", "refine_step",
-           "evaluate", "evaluate_guided", "psnr", "IMAGE_EXTENSIONS"]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-KINDS = ("rgb", "depth", "mask")
-
-
-# ---------------------------------------------------------------- data
-
-
-def _mix_schedule(mix: dict[str, float], n: int = 16) -> list[str]:
-    """A fixed cycle of kinds with the requested proportions (deterministic, no sampling noise)."""
-    total = sum(mix.values())
-    counts = {k: round(n * v / total) for k, v in mix.items()}
-    return [k for k in KINDS for _ in range(counts.get(k, 0))] or ["rgb"]
-
-
-class ShapesSource:
-    """Seeded shapes scenes as tokenizer inputs: the picture, its depth map or one object's mask."""
-
-    def __init__(self, image_size: int = 64, seed: int = 0, mix: dict[str, float] | None = None,
-                 depth_range=(0.0, 1.0)):
-        from ..data.shapes import ShapesWorld
-        self.world = ShapesWorld(image_size=image_size, seed=seed)
-        self.cycle = _mix_schedule(mix or {"rgb": 2, "depth": 1, "mask": 1})
-        self.depth_range = depth_range
-
-    def item(self, index: int) -> np.ndarray:
-        """float32 (3, S, S) in [0, 1]."""
-        kind = self.cycle[index % len(self.cycle)]
-        s = self.world[index]
-        if kind == "depth":
-            return depth_to_image(s["depth"], self.depth_range[1], min_depth=self.depth_range[0])
-        if kind == "mask":
-            k = (index // len(self.cycle)) % len(s["objects"])
-            return mask_to_image(s["objects"][k]["mask"])
-        return np.asarray(s["image"], dtype=np.float32).transpose(2, 0, 1) / 255.0
-
-    def batch(self, indices) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
-
-    def guided(self, indices) -> dict[str, torch.Tensor]:
-        """Scenes for refiner training: ``rgb`` (B, 3, S, S) in [0, 1], ``depth`` (B, S, S) and one
-        object's ``mask`` (B, S, S) per scene (the objects taken in turn)."""
-        rgb, depth, mask = [], [], []
-        for i in indices:
-            s = self.world[int(i)]
-            rgb.append(np.asarray(s["image"], dtype=np.float32).transpose(2, 0, 1) / 255.0)
-            depth.append(s["depth"])
-            mask.append(s["objects"][(int(i) // 7) % len(s["objects"])]["mask"])
-        depth = torch.from_numpy(np.stack(depth).astype(np.float32))
-        return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": depth, "valid": depth > 0,
-                "mask": torch.from_numpy(np.stack(mask)), "has_mask": torch.ones(len(rgb), dtype=torch.bool)}
-
-
-class DatasetGuidedSource:
-    """Pictures with their depth maps and object masks from any dataset reader (the data specs of
-    ``unio eval``: ``depth:images=DIR,depth=DIR``, a JSONL manifest, ``coco:...``), letterboxed to
-    the tokenizer's size as the depth and segment tasks do, for refiner training. The last
-    ``held_out`` samples are kept apart for evaluation. Missing depth (NaN, <= 0) is drawn as far,
-    as the depth task draws it, and left out of the loss and the figures."""
-
-    def __init__(self, spec: str, image_size: int, depth_range, kinds: tuple[str, ...], held_out: int = 128):
-        from ..data.specs import open_data
-        self.source, _ = open_data(spec)
-        n = len(self.source)
-        if n < 2:
-            raise DataError(f"--data {spec!r} has {n} sample(s); refiner training needs at least 2 (one held out)")
-        self.held_out = max(1, min(int(held_out), n // 5))
-        self.train_n = n - self.held_out
-        self.size, self.depth_range, self.spec = int(image_size), tuple(depth_range), spec
-        first = self.source[0]
-        if "depth" in kinds and first.get("depth") is None:
-            raise DataError(f"--data {spec!r} has no depth maps (its first sample has none); --refine depth needs "
-                            "pictures with depth, e.g. depth:images=DIR,depth=DIR")
-        if "mask" in kinds and not any(o.get("mask") is not None for o in first.get("objects") or []):
-            raise DataError(f"--data {spec!r} has no object masks (its first sample has none); --refine mask needs "
-                            "them, e.g. mask:images=DIR,masks=DIR or COCO instances")
-
-    def guided(self, indices, held_out: bool = False) -> dict[str, torch.Tensor]:
-        """As :meth:`ShapesSource.guided`, plus ``valid`` depth pixels and ``has_mask`` per scene."""
-        from ..images import letterbox
-        from ..tasks.dense import letterbox_array
-        S, hi = self.size, self.depth_range[1]
-        rgb, depth, valid, mask, has_mask = [], [], [], [], []
-        for i in indices:
-            i = int(i)
-            index = self.train_n + i % self.held_out if held_out else i % self.train_n
-            s = self.source[index]
-            rgb.append(np.asarray(letterbox(s["image"], S)[0], dtype=np.float32).transpose(2, 0, 1) / 255.0)
-            d = s.get("depth")
-            if d is None:
-                depth.append(np.full((S, S), hi, np.float32))
-                valid.append(np.zeros((S, S), bool))
-            else:
-                d = np.asarray(d, dtype=np.float32)
-                ok = np.isfinite(d) & (d > 0)
-                depth.append(letterbox_array(np.where(ok, d, hi), S, hi, nearest=False))
-                valid.append(letterbox_array(ok, S, False, nearest=True))
-            objects = [o for o in s.get("objects") or [] if o.get("mask") is not None]
-            has_mask.append(bool(objects))
-            if objects:
-                m = np.asarray(objects[(i // 7) % len(objects)]["mask"], dtype=bool)
-                mask.append(letterbox_array(m, S, False, nearest=True))
-            else:
-                mask.append(np.zeros((S, S), bool))
-        return {"rgb": torch.from_numpy(np.stack(rgb)), "depth": torch.from_numpy(np.stack(depth)),
-                "valid": torch.from_numpy(np.stack(valid)), "mask": torch.from_numpy(np.stack(mask)),
-                "has_mask": torch.tensor(has_mask)}
-
-
-class FolderSource:
-    """The user's images (recursively, common extensions), letterboxed to ``image_size``.
-
-    The last 5% of the sorted file list (at least one, at most 256) is held out for evaluation.
-    """
-
-    def __init__(self, path, image_size: int = 64, held_out: bool = False):
-        root = Path(path)
-        if not root.is_dir():
-            raise DataError(f"image folder {root} does not exist; pass --data folder:PATH with a folder of images")
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                            "point --data folder:PATH at a folder with pictures")
-        n_eval = min(256, max(1, len(files) // 20)) if len(files) > 1 else 0
-        self.files = files[len(files) - n_eval:] if held_out else files[:len(files) - n_eval]
-        if not self.files:  # a single image: train and evaluate on it
-            self.files = files
-        self.image_size = image_size
-        self._cache: dict[int, np.ndarray] = {}
-        self._cache_limit = max(1, (1 << 30) // (3 * image_size * image_size))  # ~1 GB of uint8
-
-    def item(self, index: int) -> np.ndarray:
-        from ..images import letterbox
-        k = index % len(self.files)
-        if k not in self._cache:
-            try:
-                square, _ = letterbox(self.files[k], self.image_size)
-            except ImageError as exc:
-                raise DataError(f"could not use {self.files[k]} for training: {exc}") from None
-            arr = np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
-            if len(self._cache) >= self._cache_limit:
-                return arr.astype(np.float32) / 255.0
-            self._cache[k] = arr
-        return self._cache[k].astype(np.float32) / 255.0
-
-    def batch(self, indices) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
-
-
-def make_source(spec: str, image_size: int, seed: int = 0, held_out: bool = False, mix=None, depth_range=(0.0, 1.0)):
-    """``shapes`` or ``folder:PATH`` -> a source with ``batch(indices)``; held_out picks the evaluation split."""
-    if spec == "shapes":
-        return ShapesSource(image_size, seed + 1 if held_out else seed, mix, depth_range)
-    if spec.startswith("folder:") and len(spec) > len("folder:"):
-        return FolderSource(spec[len("folder:"):], image_size, held_out=held_out)
-    raise DataError(f"unknown --data {spec!r}; use 'shapes' or 'folder:PATH'")
+__all__ = ["main", "train_step", "refine_step"]
 
 
 # ---------------------------------------------------------------- optimisation
-
-
-def lr_at(step: int, base: float, total: int, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def train_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, x: torch.Tensor,
@@ -243,8 +81,8 @@ def train_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, x: torch.Tensor,
 
 def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                 kinds: tuple[str, ...]) -> dict[str, float]:
-    """One step of the refiners named in ``kinds`` on a ``guided`` batch (:class:`ShapesSource`,
-    :class:`DatasetGuidedSource`): ``rgb``, ``depth`` with its ``valid`` pixels, ``mask`` with
+    """One step of the refiners named in ``kinds`` on a ``guided`` batch (:class:`~unio.data.pictures.ShapesPictures`,
+    :class:`~unio.data.pictures.GuidedPictures`): ``rgb``, ``depth`` with its ``valid`` pixels, ``mask`` with
     ``has_mask`` per scene.
 
     The encoder, quantizer and decoder run frozen; each map is encoded and decoded as the model's
@@ -280,132 +118,6 @@ def refine_step(tok: ImageTokenizer, opt: torch.optim.Optimizer, batch: dict[str
     opt.step()
     return {"loss": float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}}
 
-
-# ---------------------------------------------------------------- evaluation
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of images in [0, 1]."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
-
-
-@torch.no_grad()
-def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, batch_size: int = 50,
-             dense: bool = True) -> dict[str, float]:
-    """Reconstruction quality on ``n`` held-out images.
-
-    For shapes (``source="shapes"``, ``seed`` not used in training) also the round trip of
-    depth maps (AbsRel and RMSE on object pixels, averaged per image: the background dominates
-    an all-pixel average) and of every object's mask (IoU, averaged over objects); for a kind
-    with a refiner, the same figures with the scene's picture as the guide (``*_refined``).
-    """
-    image_size = tok.image_size
-    if isinstance(source, str) and source == "shapes":
-        from ..data.shapes import ShapesWorld
-        world = ShapesWorld(image_size=image_size, seed=seed)
-        samples = (world[i] for i in range(n))
-    else:
-        src = source if not isinstance(source, str) else make_source(source, image_size, held_out=True)
-        count = min(n, len(src.files))
-        samples = ({"image": src.item(i)} for i in range(count))
-        dense = False
-    lo, hi = tok.depth_range
-    psnrs, rgb_codes, all_codes, absrel, rmse, ious = [], [], [], [], [], []
-    refined: dict[str, list[float]] = {"depth_absrel": [], "depth_rmse": [], "mask_iou": []}
-
-    def flush(batch):
-        rgb = torch.from_numpy(np.stack([_rgb(s["image"]) for s in batch]))
-        codes = tok.encode(rgb)
-        psnrs.append(psnr(tok.decode(codes).cpu(), rgb))
-        rgb_codes.append(codes.cpu())
-        all_codes.append(codes.cpu())
-        if not dense:
-            return
-        depth = np.stack([s["depth"] for s in batch])
-        codes = tok.encode(torch.from_numpy(depth_to_image(depth, hi, min_depth=lo)))
-        all_codes.append(codes.cpu())
-        objects = [np.any([o["mask"] for o in s["objects"]], axis=0) for s in batch]
-
-        def depth_errors(pred, into_absrel, into_rmse):
-            for obj, p, d in zip(objects, pred, depth):
-                m = depth_metrics(p, d, obj)
-                into_absrel.append(m["absrel"])
-                into_rmse.append(m["rmse"])
-
-        depth_errors(tok.decode_depth(codes), absrel, rmse)
-        if tok.has_refiner("depth"):
-            depth_errors(tok.decode_depth(codes, guide=rgb), refined["depth_absrel"], refined["depth_rmse"])
-        masks = np.stack([o["mask"] for s in batch for o in s["objects"]])
-        owner = torch.tensor([j for j, s in enumerate(batch) for _ in s["objects"]])
-        for i in range(0, len(masks), batch_size):
-            m = masks[i:i + batch_size]
-            codes = tok.encode(torch.from_numpy(mask_to_image(m)))
-            all_codes.append(codes.cpu())
-            ious.extend(_ious(tok.decode_mask(codes), m))
-            if tok.has_refiner("mask"):
-                refined["mask_iou"].extend(_ious(tok.decode_mask(codes, guide=rgb[owner[i:i + batch_size]]), m))
-
-    batch = []
-    for s in samples:
-        batch.append(s)
-        if len(batch) == batch_size:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
-    rgb_usage = tok.codebook_usage(torch.cat(rgb_codes))
-    out = {"images": int(sum(len(p) for p in psnrs)), "psnr": float(torch.cat(psnrs).mean()),
-           "usage": rgb_usage["usage"], "perplexity": rgb_usage["perplexity"]}
-    if dense:
-        every = tok.codebook_usage(torch.cat(all_codes))
-        out.update({"depth_absrel": float(np.mean(absrel)), "depth_rmse": float(np.mean(rmse)),
-                    "mask_iou": float(np.mean(ious)), "masks": len(ious),
-                    "usage_all": every["usage"], "perplexity_all": every["perplexity"]})
-        out.update({f"{k}_refined": float(np.mean(v)) for k, v in refined.items() if v})
-    return out
-
-
-@torch.no_grad()
-def evaluate_guided(tok: ImageTokenizer, source: DatasetGuidedSource, n: int = 128, batch_size: int = 32) -> dict:
-    """Depth and mask round trips on the held-out samples of a dataset, from the codes alone and,
-    for a kind with a refiner, refined with the picture (AbsRel over valid depth pixels per image)."""
-    lo, hi = tok.depth_range
-    count = min(int(n), source.held_out)
-    out: dict[str, list[float]] = {k: [] for k in ("depth_absrel", "depth_absrel_refined", "mask_iou",
-                                                   "mask_iou_refined")}
-    for start in range(0, count, batch_size):
-        b = source.guided(range(start, min(count, start + batch_size)), held_out=True)
-        codes = tok.encode(torch.as_tensor(depth_to_image(b["depth"], hi, min_depth=lo)))
-        truth, valid = b["depth"].numpy(), b["valid"].numpy()
-        for key, guide in (("depth_absrel", None), ("depth_absrel_refined", b["rgb"])):
-            if guide is not None and not tok.has_refiner("depth"):
-                continue
-            for p, d, v in zip(tok.decode_depth(codes, guide=guide), truth, valid):
-                if v.any():
-                    out[key].append(depth_metrics(p, d, v)["absrel"])
-        rows = b["has_mask"].numpy()
-        if rows.any():
-            m = b["mask"].numpy()[rows]
-            codes = tok.encode(torch.from_numpy(mask_to_image(m)))
-            out["mask_iou"].extend(_ious(tok.decode_mask(codes), m))
-            if tok.has_refiner("mask"):
-                out["mask_iou_refined"].extend(_ious(tok.decode_mask(codes, guide=b["rgb"][rows]), m))
-    result = {k: float(np.mean(v)) for k, v in out.items() if v}
-    result["images"] = count
-    return result
-
-
-def _ious(pred: np.ndarray, truth: np.ndarray) -> list[float]:
-    inter = (pred & truth).sum((1, 2))
-    union = (pred | truth).sum((1, 2))
-    return (inter / np.maximum(union, 1)).tolist()
-
-
-def _rgb(image) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return image.astype(np.float32)
-    return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 # ---------------------------------------------------------------- the command
@@ -448,9 +160,7 @@ def _config_from_args(args) -> ImageTokenizerConfig:
 
 
 def main(args) -> int:
-    """Body of ``unio tokenizer image``; ``args`` as declared in unio/cli.py."""
-    from tqdm import tqdm
-
+    """Body of ``unio tokenizer image``; ``args`` as declared in unio/cli/main.py."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.steps < 1:
@@ -518,9 +228,9 @@ def main(args) -> int:
     mix = _parse_mix(getattr(args, "mix", None) or "rgb=2,depth=1,mask=1")
     eval_n = getattr(args, "eval_n", None) or 128
     if refine and args.data != "shapes":
-        source = DatasetGuidedSource(args.data, cfg.image_size, cfg.depth_range, refine, held_out=eval_n)
+        source = GuidedPictures(args.data, cfg.image_size, cfg.depth_range, refine, held_out=eval_n)
     else:
-        source = make_source(args.data, cfg.image_size, args.seed, mix=mix, depth_range=cfg.depth_range)
+        source = make_pictures(args.data, cfg.image_size, args.seed, mix=mix, depth_range=cfg.depth_range)
     tok.to(device)
     lr = args.lr or 1e-3
     if decoder_only:
@@ -561,7 +271,7 @@ def main(args) -> int:
         if done % eval_every == 0 or done == args.steps:
             record = {"step": done, **terms, "loss_ema": ema, "lr": opt.param_groups[0]["lr"],
                       "images_per_s": seen / max(1e-9, time.time() - t0), "cpu_s": time.process_time()}
-            if isinstance(source, DatasetGuidedSource):
+            if isinstance(source, GuidedPictures):
                 record.update(evaluate_guided(tok, source, n=eval_n))
             else:
                 record.update(evaluate(tok, args.data, n=eval_n, seed=args.seed + 1, batch_size=64))
