@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import transformers
+from transformers.utils import logging as hf_logging
 
 from . import __version__
 from .errors import CheckpointError, InputError, UnioError, VocabMismatchError
@@ -82,7 +83,6 @@ def save_export(out_dir, model, ctx: TaskContext, metadata: dict | None = None) 
 @contextlib.contextmanager
 def _quiet_transformers():
     """No progress bars or load reports from transformers: unio reports problems itself."""
-    from transformers.utils import logging as hf_logging
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

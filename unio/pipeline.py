@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from transformers import LogitsProcessorList
 
 from .data.collate import collate
 from .errors import CheckpointError, InputError, TaskError, UnioError
@@ -317,7 +318,6 @@ class Pipeline:
     @torch.inference_mode()
     def _generate(self, examples, processors, gen_kw: dict, want_scores: bool):
         """-> per example: (generated ids up to eos, constrained log-probs, raw log-probs)."""
-        from transformers import LogitsProcessorList
         vocab = self.ctx.vocab
         kw = dict(gen_kw)
         kw.setdefault("do_sample", False)

@@ -140,6 +140,16 @@ class Prompts:
                         encoding="utf-8")
         return path
 
+    def with_entries(self, entries: Mapping[str, Mapping[str, Any]], source: str = "<task>") -> "Prompts":
+        """These prompts plus ``entries`` for tasks they do not have (a task's own templates)."""
+        new = {k: v for k, v in entries.items() if k not in self._entries}
+        if not new:
+            return self
+        out = Prompts(new, source)
+        out._entries = {**self._entries, **out._entries}
+        out.source = self.source
+        return out
+
     # ------------------------------------------------------------------ queries
     @property
     def tasks(self) -> list[str]:

@@ -18,11 +18,14 @@ from .. import viz
 from ..errors import InputError, TaskError
 from ..images import Letterbox, check_box, letterbox, load_image
 from ..prompts import Prompts, parts_to_text
+from ..resources import data_path
+from ..tokenizers.image import ImageTokenizer
 from ..tokenizers.locations import LocationTokenizer
 from ..tokenizers.text import TextTokenizer
 from ..vocab import UnifiedVocab
 from .constraints import AllowedIdsProcessor
 from .options import GENERATE, PROMPT, Option
+from .registry import get_task, placeholders_by_task
 
 __all__ = ["TaskContext", "Example", "Task", "Box", "Detection", "Label", "check_box"]
 
@@ -45,7 +48,6 @@ class TaskContext:
     def __post_init__(self):
         # Catch a template whose placeholders do not match its task when the context is made,
         # not when the first sample of that task is drawn mid-training.
-        from . import placeholders_by_task
         expected = placeholders_by_task()
         self.prompts.check({t: expected[t] for t in self.prompts.tasks if t in expected})
 
@@ -54,20 +56,24 @@ class TaskContext:
                  num_bins: int = 1000, classes: dict[str, list[str]] | None = None,
                  device=None) -> "TaskContext":
         """Tokenizers from a folder holding ``text.model`` and ``image/`` (tokenizers/shapes, an export)."""
-        from ..resources import data_path
         d = Path(tokenizers_dir)
         if not d.exists() and not d.is_absolute():
             d = data_path(*d.parts)
         text = TextTokenizer.load(d / "text.model" if (d / "text.model").is_file() else d)
         image_tok = None
         if (d / "image").is_dir():
-            from ..tokenizers.image import ImageTokenizer
             image_tok = ImageTokenizer.load(d / "image", device=device)
         vocab = UnifiedVocab(text, num_bins=num_bins, image_tokenizer=image_tok,
                              codebook_size=None if image_tok is not None else 1)
         return cls(vocab=vocab, text=text, locations=LocationTokenizer(num_bins), image_tokenizer=image_tok,
                    prompts=Prompts.load(prompts_dir), image_size=int(image_size), patch_size=int(patch_size),
                    classes={k: list(v) for k, v in (classes or {}).items()})
+
+    def add_task_prompts(self, names) -> None:
+        """Give the context the own templates of tasks ``names`` where its prompts have none, so an
+        export written from it (training) carries them."""
+        own = {n: get_task(n).prompts for n in names if n not in self.prompts and get_task(n).prompts}
+        self.prompts = self.prompts.with_entries(own)
 
     # -- small conveniences shared by tasks
     @property
@@ -310,6 +316,12 @@ class Task:
         """Write the answer as the picture file ``path`` (a suffix of ``picture_files``)."""
         raise TaskError(f"{self.name} writes JSON records, not a picture")
 
+    def prompts_in(self, ctx: TaskContext) -> Prompts:
+        """The context's prompts, with this task's own templates where prompts/ has none for it."""
+        if self.name in ctx.prompts or not self.prompts:
+            return ctx.prompts
+        return ctx.prompts.with_entries({self.name: self.prompts}, f"{type(self).__name__}.prompts")
+
     # -- helpers for subclasses
     def _image(self, sample: dict, ctx: TaskContext) -> tuple[Image.Image, Letterbox]:
         if sample.get("image") is None:
@@ -325,7 +337,7 @@ class Task:
         for key in ("text", "expression"):
             if isinstance(values.get(key), str):
                 values[key] = values[key].strip().rstrip(".").strip() or values[key]
-        parts = ctx.prompts.render(self.name, rng=rng, template=template, **values)
+        parts = self.prompts_in(ctx).render(self.name, rng=rng, template=template, **values)
         ids: list[int] = []
         for kind, value in parts:
             if kind == "region":
