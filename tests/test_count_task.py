@@ -91,3 +91,18 @@ def test_a_recipe_trains_it_and_the_export_keeps_its_prompts(count_installed, tm
     pipe = unio.load(export(tmp_path / "run", tmp_path / "export"), device="cpu")
     assert "count" in pipe.tasks  # the export carries the task's own templates
     assert pipe.ctx.prompts.canonical("count") == "How many objects are there?"
+
+
+def test_the_readme_shows_this_task_as_it_is():
+    """The README's "Adding a task" snippet is the plugin's class (its statements, comments aside)."""
+    import ast
+    import re
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Adding a task"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shown = next(n for n in ast.parse(snippet).body if isinstance(n, ast.ClassDef))
+    real = next(n for n in ast.parse((PLUGINS / "unio_count_task.py").read_text()).body
+                if isinstance(n, ast.ClassDef) and n.name == shown.name)
+    statements = {ast.dump(s) for s in real.body}
+    assert [ast.dump(s) in statements for s in shown.body] == [True] * len(shown.body)
+    assert [ast.dump(d) for d in shown.decorator_list] == [ast.dump(d) for d in real.decorator_list]

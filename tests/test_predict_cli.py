@@ -168,6 +168,12 @@ def test_out_may_name_the_picture_itself(model, images, tmp_path):
     (["caption", "--model", "M", "I", "--option", "beams"], "is not KEY=VALUE"),
     (["caption", "--model", "M", "I", "--option", "guidance=3"], "unknown option(s) ['guidance'] for caption"),
     (["caption", "--model", "M", "I", "--option", "detect.threshold=0.5"], "names task 'detect', but this command"),
+    # option values are typed by the task and checked before the model loads (NOMODEL is never read)
+    (["detect", "--model", "NOMODEL", "I", "--option", "threshold=abc"], "option threshold='abc' of detect: must be a number"),
+    (["detect", "--model", "NOMODEL", "I", "--option", "max_objects=0"], "option max_objects=0 of detect: must be >= 1"),
+    (["caption", "--model", "NOMODEL", "I", "--option", "num_beams=two"], "num_beams='two' of caption: must be a whole"),
+    (["generate_image", "--model", "NOMODEL", "--text", "x", "--option", "rerank=clip"], "must be one of recaption"),
+    (["depth", "--model", "NOMODEL", "I", "--option", "refine=maybe"], "refine='maybe' of depth: must be true or false"),
 ])
 def test_bad_input_gives_one_message(model, images, tmp_path, argv, message):
     bad = tmp_path / "bad.png"

@@ -16,17 +16,17 @@ from unio.viz import enlarge
 @register
 class Count(Task):
     name = "count"
-    headline = "exact_match"
+    headline = "exact_match"        # the figure `unio demo` shows
     max_new_tokens = 4
     prompts = {"canonical": "How many objects are there?",
                "paraphrases": ["Count the objects.", "How many things are in the picture?",
                                "Give the number of objects.", "What is the number of objects in the image?",
                                "Count everything you see."]}
 
-    def can_build(self, sample: dict) -> bool:
+    def can_build(self, sample):
         return super().can_build(sample) and sample.get("objects") is not None
 
-    def build(self, sample, ctx, rng=None, **inputs):
+    def build(self, sample, ctx, rng=None, **inputs):     # a sample -> prompt ids, image, target ids
         image, info = self._image(sample, ctx)
         prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"))
         objects = sample.get("objects")
@@ -34,12 +34,11 @@ class Count(Task):
         return self._example(ctx, prompt, ids, image, info, target,
                              count=len(objects) if objects is not None else None)
 
-    def parse(self, ids, ctx, info=None, **kw) -> int | None:
-        """The number the model wrote; None when it wrote something else (parse never raises)."""
+    def parse(self, ids, ctx, info=None, **kw):           # the number written, None if something else
         text = ctx.decode_text(ids)
         return int(text) if text.isdigit() else None
 
-    def metric(self, predictions, examples, samples=None, judge=None) -> dict:
+    def metric(self, predictions, examples, samples=None, judge=None):
         right = [p == e.meta["count"] for p, e in zip(predictions, examples)]
         return {"exact_match": sum(right) / len(right) if right else float("nan")}
 

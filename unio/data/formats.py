@@ -66,6 +66,7 @@ class Source:
     #: path keys (required, optional) and option defaults a recipe spec may give this source
     REQUIRED: tuple[str, ...] = ()
     OPTIONAL_PATHS: tuple[str, ...] = ()
+    FOLDER_KEYS = ("images", "root", "depth", "masks")  # path keys that name folders (the others: files)
     OPTIONS: dict[str, Any] = {}
 
     def __init__(self, on_bad_record: str = "error"):
