@@ -27,8 +27,6 @@ LAYERS = [
 # before a subcommand runs, optional dependencies, and lazy registries.
 LAZY_ALLOWED = {
     "unio.cli.main",                 # each subcommand imports its library only when it runs
-    "unio.__init__",                 # unio.load and friends load torch on first use
-    "unio.training",                 # the package loads its modules (and torch) on first use
     "unio.training.engine",          # deepspeed: heavy, and its accelerator is picked from the environment
     "unio.training.loop",            # tensorboard: optional
     "unio.tokenizers.image_nets",    # vector-quantize-pytorch: 1.5 s, only when a quantizer is built

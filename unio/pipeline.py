@@ -112,24 +112,22 @@ class Pipeline:
             raise InputError(f"{task} takes no {' or '.join(extra)}"
                              + (f"; its inputs: {', '.join(t.inputs)}" if t.inputs else ""))
         options = t.check_options({k: v for k, v in kwargs.items() if v is not None})
-        t.before_run(self.ctx, {**self.task_defaults.get(task, {}), **options})
-        for name in t.inputs:
-            if inputs.get(name) is None and not (name == t.text_input and not t.needs_image and image is not None):
-                raise TaskError(f"task {task!r} needs {name}=...; pass one (or a list, one per image)")
-        if not t.needs_image:  # the batch is the texts (a positional argument is taken as the text)
-            if image is not None and inputs.get(t.text_input) is None:
-                inputs[t.text_input], image = image, None
-            if image is not None:
+        if not t.needs_image and image is not None:  # generate_image("a red star"): the text is the batch
+            if inputs.get(t.text_input) is not None:
                 raise InputError(f"{task} makes its output from {t.text_input} alone; pass no image")
-            batch = not isinstance(inputs[t.text_input], str)
-            n = len(inputs[t.text_input]) if batch else 1
-            rows = [{}] * n
-        else:
+            inputs[t.text_input], image = image, None
+        missing = [name for name in t.inputs if inputs.get(name) is None]
+        if missing:
+            raise TaskError(f"task {task!r} needs {missing[0]}=...; pass one (or a list, one per image)")
+        if t.needs_image:
             if image is None:
                 raise TaskError(f"task {task!r} needs an image")
             batch = _is_batch(image)
             rows = [{"image": load_image(im)} for im in (list(image) if batch else [image])]
-            n = len(rows)
+        else:
+            batch = not isinstance(inputs[t.text_input], str)
+            rows = [{}] * (len(inputs[t.text_input]) if batch else 1)
+        n = len(rows)
         if not n:
             raise InputError(f"{task} got an empty list of {'images' if t.needs_image else t.text_input + 's'}")
         columns = {k: _broadcast(k, v, n, batch) for k, v in inputs.items()}

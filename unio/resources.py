@@ -5,6 +5,7 @@ in a wheel they are packaged under ``unio/_data/`` (see pyproject.toml, hatch fo
 """
 from __future__ import annotations
 
+import importlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -37,3 +38,18 @@ def default_file_mode(path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def lazy_exports(package: str, exports: dict[str, str], names: dict):
+    """``(__getattr__, __dir__)`` for a package whose public names are imported on first use:
+    ``exports`` maps a name to the module (relative to ``package``) that defines it, so importing
+    the package loads none of them (``import unio`` and ``unio --help`` stay fast)."""
+    def __getattr__(name: str):
+        if name in exports:
+            return getattr(importlib.import_module(exports[name], package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(set(names) | set(exports))
+
+    return __getattr__, __dir__

@@ -4,7 +4,7 @@ Names are imported on first use, so ``import unio.tokenizers.locations`` stays l
 """
 from __future__ import annotations
 
-import importlib
+from ..resources import lazy_exports
 
 _EXPORTS = {
     "TextTokenizer": ".text",
@@ -13,13 +13,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

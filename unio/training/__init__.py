@@ -15,7 +15,7 @@ imported when a run starts).
 """
 from __future__ import annotations
 
-import importlib
+from ..resources import lazy_exports
 
 _EXPORTS = {
     "train": ".loop",
@@ -25,13 +25,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
