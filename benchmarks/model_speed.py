@@ -18,7 +18,13 @@ Timings interleave the two models and report the median of --repeats runs after 
 load from other processes hits both alike. Prints a table and writes JSON (--out).
 
 ``--stem-study`` instead trains the tiny model with the "linear" and the "conv" patch stem on a toy
-box-reading task and prints the loss curves (the evidence behind PatchStem's default).
+box-reading task and prints the loss curves (the evidence behind PatchStem's default). Measured:
+training the tiny preset to read a square's box and colour (``--stem-study --stem-steps 500``, batch
+16, AdamW 1e-3), mean loss over steps 451-500 was 1.22 with "linear" and 1.81 with "conv" (3.08 vs
+3.18 over steps 1-50; results/stem_study.json). On the shapes world itself (the shapes-tiny recipe,
+300 steps, one seed; results/stem_study_shapes.json) the mean training loss over steps 251-300 was
+1.99 with "linear" and 2.09 with "conv": "conv" was ahead on VQA and classification (what an object
+is) and behind on captions, boxes and grounding (where it is).
 """
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_ignore_index_and_label_weights(vocab):
 def test_logits_mask_equals_the_full_pass(vocab):
     """Logits, loss and every gradient under ``logits_mask`` (length-grouped decoding) equal those of
     the plain padded pass, for any number of groups."""
-    from unio.model.modeling_unio import length_groups
+    from unio.model.grouping import length_groups
 
     b = batch(vocab, B=6, T=40, seed=3)
     labels = b["labels"].clone()

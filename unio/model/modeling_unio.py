@@ -15,7 +15,6 @@ Shapes: B batch, N encoder tokens (patches + prompt), T decoder tokens, H heads,
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,8 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from ..errors import InputError
 from .configuration_unio import UnioConfig, check_vocab
+from .grouping import length_groups
+from .loss import token_loss
 
 __all__ = ["UnioForConditionalGeneration", "UnioPreTrainedModel", "UnioEncoderOutput", "shift_tokens_right"]
 
@@ -672,52 +673,3 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
     def estimate_flops_per_token(self, src_len: int, tgt_len: int, backward: bool = True) -> float:
         """:meth:`estimate_flops` of one sample divided by its target tokens."""
         return self.estimate_flops(src_len, tgt_len, 1, backward) / tgt_len
-
-
-def length_groups(lengths: list[int], max_groups: int = 3, multiple: int = 8,
-                  group_cost: float = 0.05) -> list[tuple[list[int], int]]:
-    """Split samples into at most ``max_groups`` groups of similar ``lengths``: [(sample indices,
-    padded length), ...], minimising the padded tokens (lengths rounded up to ``multiple``) plus
-    ``group_cost`` x batch x longest length for each group beyond the first (the per-pass overhead
-    of smaller matmuls). Samples with nothing to keep (length 0) are left out."""
-    rounded = {i: -(-n // multiple) * multiple for i, n in enumerate(lengths) if n > 0}
-    if not rounded:
-        return []
-    tally = Counter(rounded.values())
-    values = sorted(tally)
-    counts = [tally[x] for x in values]
-    penalty = group_cost * len(rounded) * values[-1]
-    # best[k][j]: cheapest cost of the first j distinct lengths in k groups, and where its last group starts
-    K, J = min(max_groups, len(values)), len(values)
-    best = [[(float("inf"), 0)] * (J + 1) for _ in range(K + 1)]
-    best[0][0] = (0.0, 0)
-    for k in range(1, K + 1):
-        for j in range(1, J + 1):
-            best[k][j] = min((best[k - 1][i][0] + sum(counts[i:j]) * values[j - 1] + (k > 1) * penalty, i)
-                             for i in range(j))
-    k = min(range(1, K + 1), key=lambda k: best[k][J][0])
-    bounds, j = [], J
-    while k > 0:
-        i = best[k][j][1]
-        bounds.append((values[i], values[j - 1]))
-        j, k = i, k - 1
-    return [([i for i, v in rounded.items() if lo <= v <= hi], min(hi, max(lengths))) for lo, hi in reversed(bounds)]
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-               used_vocab_size: int | None = None) -> torch.Tensor:
-    """Token cross-entropy with -100 ignored; with ``weights`` a weighted mean over non-ignored tokens."""
-    if labels.shape != logits.shape[:2]:
-        raise InputError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(logits.shape[:2])}")
-    used = used_vocab_size or logits.shape[-1]
-    bad = (labels != -100) & ((labels < 0) | (labels >= used))
-    if bool(bad.any()):
-        raise InputError(f"labels must be -100 (ignored) or global ids in [0, {used}); got {labels[bad][:5].tolist()}")
-    flat_logits, flat_labels = logits.float().view(-1, logits.shape[-1]), labels.reshape(-1)
-    if weights is None:
-        return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
-    if weights.shape != labels.shape:
-        raise InputError(f"label_weights {tuple(weights.shape)} must match labels {tuple(labels.shape)}")
-    ce = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none")
-    w = weights.reshape(-1).to(ce.dtype) * (flat_labels != -100)
-    return (ce * w).sum() / w.sum().clamp_min(1e-8)
