@@ -546,3 +546,12 @@ def test_candidates_run_for_real_and_are_checked(micro_fast_export):
     example = task.build({"image": Image.new("RGB", (32, 32))}, pipe.ctx)
     with pytest.raises(InputError, match=r"unknown option\(s\) \['candidates'\] for detect"):
         pipe.predict_examples("detect", [example], candidates=2)
+
+
+def test_export_functions_moved_with_a_deprecation_path():
+    import unio.export
+    import unio.pipeline
+    with pytest.warns(DeprecationWarning, match="moved to unio.export.init_export"):
+        assert unio.pipeline.init_export is unio.export.init_export
+    with pytest.raises(AttributeError):
+        unio.pipeline.no_such_name

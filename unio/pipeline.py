@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from transformers import LogitsProcessorList
 
 from .data.collate import collate
 from .errors import CheckpointError, InputError, TaskError, UnioError
+from . import export
 from .export import META_NAME, export_path, load_export
 from .images import check_box, letterbox, load_image
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
@@ -25,6 +27,20 @@ from .tasks.dense import image_codes
 from .tasks.image_gen import to_pil
 
 __all__ = ["load", "Pipeline", "Run", "Box", "Detection", "Label"]
+
+# Names that moved to unio.export in 0.1 (the export directory format has its own module): still
+# importable from here for one release, with a DeprecationWarning.
+_MOVED = {name: "unio.export" for name in ("save_export", "read_meta", "load_export", "init_export",
+                                             "swap_image_tokenizer", "list_models", "EXPORT_FILES")}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(f"unio.pipeline.{name} moved to {_MOVED[name]}.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
 
