@@ -555,3 +555,26 @@ def test_export_functions_moved_with_a_deprecation_path():
         assert unio.pipeline.init_export is unio.export.init_export
     with pytest.raises(AttributeError):
         unio.pipeline.no_such_name
+
+
+def test_one_image_many_questions_is_one_batch_with_the_same_answers(pipe, image, monkeypatch):
+    questions = ["what?", "how many large purple squares are left of the small cyan cross?", "is it red?"]
+    singles = [pipe.ask(image, q, max_new_tokens=5) for q in questions]
+    calls = []
+    generate = pipe._generate
+    monkeypatch.setattr(pipe, "_generate", lambda rows, *a, **k: calls.append(len(rows)) or generate(rows, *a, **k))
+    assert pipe.ask(image, questions, max_new_tokens=5) == singles
+    assert calls == [3]  # one decoding pass for the three questions
+    boxes = [(1, 1, 50, 50), (10, 10, 60, 60)]
+    assert pipe.describe_region(image, boxes, max_new_tokens=3) == \
+        [pipe.describe_region(image, b, max_new_tokens=3) for b in boxes]
+    assert isinstance(pipe.describe_region(image, boxes[0], max_new_tokens=3), str)  # one box: one answer
+
+
+def test_a_progress_bar_changes_nothing(pipe, image):
+    before = pipe.caption(image, max_new_tokens=4)
+    pipe.progress = True
+    try:
+        assert pipe.caption(image, max_new_tokens=4) == before
+    finally:
+        pipe.progress = False

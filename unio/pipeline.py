@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -14,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LogitsProcessorList
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .data.collate import collate
 from .errors import CheckpointError, InputError, TaskError, UnioError
@@ -87,6 +89,7 @@ class Pipeline:
         self.model, self.ctx, self.meta = model, ctx, dict(meta or {})
         self.batch_size = int(batch_size)
         self.task_defaults = _task_defaults(self.meta)
+        self.progress = False  # a bar over the decoding steps of each generate call (stderr, terminals only)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -115,7 +118,8 @@ class Pipeline:
         """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``.
 
         ``kwargs`` are the task's inputs (``question``, ``expression``, ``box``, ``text``: one, or a
-        list with one per image) and its options (``num_beams=3``, ``threshold=0.5``, ``guidance=3``,
+        list with one per image; with ONE image, a list asks all of them about that image in one
+        batch: ``pipe.ask(image, [q1, q2, q3])``) and its options (``num_beams=3``, ``threshold=0.5``, ``guidance=3``,
         ``prompt=...``). An input or option the task does not take, or an option of the wrong type,
         raises :class:`InputError` before the model runs. A task without an image input
         (generate_image) takes its text as the batch instead.
@@ -139,7 +143,13 @@ class Pipeline:
             if image is None:
                 raise TaskError(f"task {task!r} needs an image")
             batch = _is_batch(image)
-            rows = [{"image": load_image(im)} for im in (list(image) if batch else [image])]
+            asks = {k: _count(k, v) for k, v in inputs.items()} if not batch else {}
+            many = max((c for c in asks.values() if c is not None), default=None)
+            if many is not None:  # one image, a list of questions / expressions / boxes: read it once
+                one = load_image(image)
+                batch, rows = True, [{"image": one}] * many
+            else:
+                rows = [{"image": load_image(im)} for im in (list(image) if batch else [image])]
         else:
             batch = not isinstance(inputs[t.text_input], str)
             rows = [{}] * (len(inputs[t.text_input]) if batch else 1)
@@ -336,6 +346,8 @@ class Pipeline:
         kw = dict(gen_kw)
         kw.setdefault("do_sample", False)
         kw.pop("labels", None)
+        if self.progress:
+            processors = [*processors, _Progress(kw.get("max_new_tokens"), len(examples))]
         out = self.model.generate(
             **self._collate(examples), logits_processor=LogitsProcessorList(processors),
             decoder_start_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id,
@@ -383,6 +395,34 @@ def _is_batch(x) -> bool:
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return x.ndim == 4
     return False
+
+
+class _Progress(LogitsProcessor):
+    """Counts decoding steps on a progress bar (a long generation, e.g. many image candidates);
+    changes nothing."""
+
+    def __init__(self, total: int | None, rows: int):
+        self.bar = tqdm(total=total, unit="tok", desc=f"decoding {rows} row{'s' * (rows > 1)}", file=sys.stderr,
+                        leave=False, disable=None)
+
+    def __call__(self, input_ids, scores):
+        self.bar.update(1)
+        return scores
+
+    def __del__(self):
+        self.bar.close()
+
+
+def _count(name: str, value) -> int | None:
+    """How many items a per-item input lists (a list of strings, an (n, 4) array of boxes); None for one."""
+    if name == "box":
+        try:
+            arr = np.asarray([list(b) for b in value] if isinstance(value, (list, tuple)) and value
+                             and not np.isscalar(value[0]) else value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        return len(arr) if arr.ndim == 2 else None
+    return len(value) if isinstance(value, (list, tuple)) else None
 
 
 def _broadcast(name: str, value, n: int, batch: bool) -> list:

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; one "
+                   "thread each when another torch job shares the cores)")
     s.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="decoding option of the task, repeatable: num_beams=3, threshold=0.5 (detect), "
                         "guidance=3 and seed=0 (generate_image), top_p=0.9 ...")

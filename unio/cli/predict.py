@@ -25,6 +25,7 @@ import unio
 
 from .. import viz
 from ..errors import InputError, TaskError
+from ..evaluate import set_threads
 from ..images import IMAGE_EXTENSIONS, check_box, load_image
 from ..pipeline import options_for
 from ..tasks import get_task, task_names
@@ -69,7 +70,9 @@ def main(args) -> int:
     files = Path(args.viz) if args.viz else (out.parent / f"{out.stem}_files" if out else Path("unio-predict-files"))
     viz_dir = Path(args.viz) if args.viz else None
 
+    set_threads(getattr(args, "threads", None))
     pipe = unio.load(args.model, device=args.device)
+    pipe.progress = True
     if picture_out:
         result = pipe.run(name, load_image(images[0]) if images else None, batch_size=1, **inputs, **options)
         out.parent.mkdir(parents=True, exist_ok=True)
