@@ -6,11 +6,16 @@
 Both models get identical d_model / layers / heads / MLP width (T5 with its gated-GELU MLP, the gated
 counterpart of unio's SwiGLU), encoder and target lengths, vocabulary size and batch:
 (a) a training step: forward + backward + AdamW step;
-(b) greedy generation of exactly --new-tokens tokens for --gen-batch samples with the KV cache;
+(b) greedy generation of exactly --new-tokens tokens for --gen-batch samples with the KV cache, both
+    models through transformers' generate(), and unio through its own greedy loop
+    (unio.model.decoding.greedy_decode: same network calls, a preallocated KV cache, no generate()
+    machinery; what the Pipeline uses for greedy decoding); and beam search with 3 beams, both
+    through generate();
 (b') a training step on a mixed-task batch as the trainers see it: targets of very different
     lengths (MIXED_LENGTHS: short answers, captions, box lists, two 65-token image-code targets)
-    right-padded with -100 to 72; T5 takes it as transformers' Seq2Seq collator pads it, unio with
-    ``logits_mask`` as unio's trainer passes it (length-grouped decoding, no output layer on padding);
+    right-padded with -100 to 72 (and T5 also cut to the longest target, 65, as transformers'
+    collator pads; both T5 rows are reported); T5 takes plain labels, unio
+    with ``logits_mask`` as unio's trainer passes it (length-grouped decoding, no output layer on padding);
 (c) MFU: unio's training-step matmul FLOP/s (UnioForConditionalGeneration.estimate_flops) over the
     peak matmul FLOP/s measured in the same process, the best of a few large matmuls run in the same
     interleaving (fp32 on CPU, bf16 on GPU).
@@ -44,6 +49,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from unio.model import UnioConfig, UnioForConditionalGeneration
+from unio.model.decoding import greedy_decode
 
 hf_logging.set_verbosity_error()
 
@@ -166,6 +172,30 @@ def generate_fn(model, kwargs, new_tokens, autocast):
     return gen
 
 
+def lean_fn(model, kwargs, new_tokens, autocast):
+    """unio's own greedy loop (unio.model.decoding), as the Pipeline runs greedy tasks; eos can never
+    match, so it writes exactly ``new_tokens`` tokens like the generate() rows."""
+    model.eval()
+
+    def gen():
+        with autocast():
+            out = greedy_decode(model, max_new_tokens=new_tokens, eos_token_id=-1, pad_token_id=0,
+                                decoder_start_token_id=model.config.decoder_start_token_id, **kwargs)
+        assert out.sequences.shape[1] == new_tokens + 1, out.sequences.shape
+    return gen
+
+
+def beam_fn(model, kwargs, new_tokens, autocast, beams: int = 3):
+    model.eval()
+
+    @torch.no_grad()
+    def gen():
+        with autocast():
+            model.generate(**kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           num_beams=beams, use_cache=True)
+    return gen
+
+
 def bench_preset(preset, args, device, dtype, autocast):
     cfg, unio, t5 = build_pair(preset, args.vocab_size, device)
     b = make_batch(cfg, args.batch, args.prompt_len, args.target_len, device)
@@ -183,13 +213,20 @@ def bench_preset(preset, args, device, dtype, autocast):
         "unio": train_step_fn(unio, dict(pixel_values=b["pixel_values"], input_ids=b["prompt"], labels=mixed,
                                          logits_mask=mixed != -100), autocast),
         "t5": train_step_fn(t5, dict(input_ids=b["t5_input"], labels=mixed), autocast),
+        "t5_longest": train_step_fn(t5, dict(input_ids=b["t5_input"], labels=mixed[:, :max(MIXED_LENGTHS)]),
+                                    autocast),
     }, args.warmup, args.repeats, device)
     g = make_batch(cfg, args.gen_batch, args.prompt_len, args.target_len, device, seed=1)
+    unio_in, t5_in = dict(pixel_values=g["pixel_values"], input_ids=g["prompt"]), dict(input_ids=g["t5_input"])
     gen = interleaved_times({
-        "unio": generate_fn(unio, dict(pixel_values=g["pixel_values"], input_ids=g["prompt"]), args.new_tokens,
-                            autocast),
-        "t5": generate_fn(t5, dict(input_ids=g["t5_input"]), args.new_tokens, autocast),
+        "unio": generate_fn(unio, unio_in, args.new_tokens, autocast),
+        "unio_lean": lean_fn(unio, unio_in, args.new_tokens, autocast),
+        "t5": generate_fn(t5, t5_in, args.new_tokens, autocast),
     }, max(1, args.warmup // 2), args.repeats, device)
+    beam = interleaved_times({
+        "unio": beam_fn(unio, unio_in, args.new_tokens, autocast),
+        "t5": beam_fn(t5, t5_in, args.new_tokens, autocast),
+    }, max(1, args.warmup // 2), args.repeats, device) if args.beam_repeats else None
     flops = unio.estimate_flops(b["src_len"], args.target_len, args.batch, backward=True)
     med = statistics.median
     return {
@@ -198,8 +235,14 @@ def bench_preset(preset, args, device, dtype, autocast):
         "train_speedup_vs_t5": med(t / u for t, u in zip(train["t5"], train["unio"])),
         "unio_train_mixed_step_s": med(train_mixed["unio"]), "t5_train_mixed_step_s": med(train_mixed["t5"]),
         "train_mixed_speedup_vs_t5": med(t / u for t, u in zip(train_mixed["t5"], train_mixed["unio"])),
-        "unio_generate_s": med(gen["unio"]), "t5_generate_s": med(gen["t5"]),
+        "t5_train_mixed_longest_step_s": med(train_mixed["t5_longest"]),
+        "train_mixed_speedup_vs_t5_longest": med(t / u for t, u in zip(train_mixed["t5_longest"], train_mixed["unio"])),
+        "unio_generate_s": med(gen["unio"]), "unio_lean_generate_s": med(gen["unio_lean"]),
+        "t5_generate_s": med(gen["t5"]),
         "generate_speedup_vs_t5": med(t / u for t, u in zip(gen["t5"], gen["unio"])),
+        "lean_generate_speedup_vs_t5": med(t / u for t, u in zip(gen["t5"], gen["unio_lean"])),
+        **({"unio_beam3_s": med(beam["unio"]), "t5_beam3_s": med(beam["t5"]),
+            "beam3_speedup_vs_t5": med(t / u for t, u in zip(beam["t5"], beam["unio"]))} if beam else {}),
         "peak_matmul_flops_per_s": med(peak),
         "unio_train_flops_per_s": flops / med(train["unio"]),
         "mfu": med(flops / u / p for u, p in zip(train["unio"], peak)),
@@ -272,6 +315,7 @@ def main(argv=None):
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="leave glibc's allocator as it is (see keep_freed_memory); both models are affected")
     p.add_argument("--out", default="benchmarks/results/model_speed.json")
+    p.add_argument("--beam-repeats", type=int, default=1, help="0: skip the beam-3 rows")
     p.add_argument("--stem-study", action="store_true")
     p.add_argument("--stem-steps", type=int, default=400)
     args = p.parse_args(argv)
@@ -305,13 +349,22 @@ def main(argv=None):
         results[preset] = bench_preset(preset, args, device, dtype, autocast)
         print(f"{preset}: done", flush=True)
 
-    head = f"{'preset':7s} {'params':>8s} {'train unio':>11s} {'train t5':>9s} {'x':>6s} " \
-           f"{'mixed x':>8s} {'gen unio':>9s} {'gen t5':>8s} {'x':>6s} {'peak GF/s':>9s} {'MFU':>6s}"
+    head = f"{'preset':7s} {'row':34s} {'unio':>9s} {'t5':>9s} {'t5 / unio':>10s}"
     print(head + "\n" + "-" * len(head))
     for preset, r in results.items():
-        print(f"{preset:7s} {r['params_unio'] / 1e6:7.1f}M {r['unio_train_step_s']:10.3f}s {r['t5_train_step_s']:8.3f}s "
-              f"{r['train_speedup_vs_t5']:5.2f}x {r['train_mixed_speedup_vs_t5']:7.2f}x {r['unio_generate_s']:8.3f}s {r['t5_generate_s']:7.3f}s "
-              f"{r['generate_speedup_vs_t5']:5.2f}x {r['peak_matmul_flops_per_s'] / 1e9:9.1f} {100 * r['mfu']:5.1f}%")
+        rows = [("train step (uniform targets)", r["unio_train_step_s"], r["t5_train_step_s"]),
+                ("train step (mixed; T5 padded to 72)", r["unio_train_mixed_step_s"], r["t5_train_mixed_step_s"]),
+                ("train step (mixed; T5 to longest)", r["unio_train_mixed_step_s"], r["t5_train_mixed_longest_step_s"]),
+                ("greedy: generate() both", r["unio_generate_s"], r["t5_generate_s"]),
+                ("greedy: unio's loop vs T5 generate()", r["unio_lean_generate_s"], r["t5_generate_s"])]
+        if "unio_beam3_s" in r:
+            rows.append(("beam 3: generate() both", r["unio_beam3_s"], r["t5_beam3_s"]))
+        for name, u, t in rows:
+            print(f"{preset:7s} {name:34s} {u:8.3f}s {t:8.3f}s {t / u:9.2f}x")
+        print(f"{preset:7s} {'params / peak matmul / MFU':34s} {r['params_unio'] / 1e6:7.1f}M "
+              f"{r['peak_matmul_flops_per_s'] / 1e9:6.1f} GF/s {100 * r['mfu']:5.1f}%")
+    print("(medians over interleaved repeats; 't5 / unio' is the speed-up of unio: unio's mixed row computes logits "
+          "only at targets and groups the decoder by target length, which T5 does not get)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "presets": results}, indent=2))

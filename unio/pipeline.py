@@ -23,6 +23,7 @@ from .errors import CheckpointError, InputError, TaskError, UnioError
 from . import export
 from .export import META_NAME, export_path, load_export
 from .images import check_box, letterbox, load_image
+from .model.decoding import greedy_decode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
 from .tasks.constraints import AllowedIdsProcessor
 from .tasks.dense import image_codes
@@ -44,6 +45,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+LEAN_OPTIONS = frozenset({"max_new_tokens", "do_sample", "num_beams"})  # what greedy_decode runs; else generate()
 CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
 
 
@@ -90,6 +92,7 @@ class Pipeline:
         self.batch_size = int(batch_size)
         self.task_defaults = _task_defaults(self.meta)
         self.progress = False  # a bar over the decoding steps of each generate call (stderr, terminals only)
+        self.lean = True       # greedy decoding through unio.model.decoding (False: transformers' generate)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -348,14 +351,19 @@ class Pipeline:
         kw.pop("labels", None)
         if self.progress:
             processors = [*processors, _Progress(kw.get("max_new_tokens"), len(examples))]
-        out = self.model.generate(
-            **self._collate(examples), logits_processor=LogitsProcessorList(processors),
-            decoder_start_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id,
-            return_dict_in_generate=True, output_scores=want_scores, output_logits=want_scores, **kw)
+        special = {"eos_token_id": vocab.eos_id, "pad_token_id": vocab.pad_id, "decoder_start_token_id": vocab.bos_id}
+        if self.lean and set(kw) <= LEAN_OPTIONS and not kw["do_sample"] and kw.get("num_beams", 1) == 1 and "max_new_tokens" in kw:
+            out = greedy_decode(self.model, max_new_tokens=kw["max_new_tokens"], logits_processor=processors,
+                                want_scores=want_scores, **special, **self._collate(examples))
+            beams = None
+        else:  # beam search, transformers' samplers and the other generate options
+            out = self.model.generate(
+                **self._collate(examples), logits_processor=LogitsProcessorList(processors), **special,
+                return_dict_in_generate=True, output_scores=want_scores, output_logits=want_scores, **kw)
+            beams = getattr(out, "beam_indices", None)
         seqs = out.sequences[:, 1:]  # drop the decoder start id
         lp = raw = None
         if want_scores:
-            beams = getattr(out, "beam_indices", None)
             lp = self.model.compute_transition_scores(out.sequences, out.scores, beams, normalize_logits=True)
             raw = self.model.compute_transition_scores(out.sequences, out.logits, beams, normalize_logits=True)
             lp, raw = lp.float().cpu().tolist(), raw.float().cpu().tolist()

@@ -1,0 +1,117 @@
+"""Greedy decoding without transformers' generate loop: the same network calls, fewer around them.
+
+transformers' ``generate`` is general (any model, beam search, streamers, stopping criteria,
+cache classes chosen at run time) and pays for it on every step; its ``DynamicCache`` also grows
+each layer's keys and values by concatenation, a copy of the whole history per token. For the
+path unio takes most (one sequence per row, ``do_sample=False``, logits processors that choose or
+constrain the next id, e.g. :class:`~unio.tasks.constraints.GuidedSampler` for image codes)
+:func:`greedy_decode` runs the encoder once, then the decoder one token at a time into a
+:class:`StaticCache` allocated once for ``max_new_tokens``, applies the processors and takes the
+argmax, exactly as ``generate``'s greedy loop does: same modules, same order, same dtype, so the
+output ids are the same (tests/test_decoding.py compares them, with and without processors,
+guidance and scores). Beam search and transformers' own sampling stay with ``generate``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["StaticCache", "greedy_decode", "Decoded"]
+
+
+class _Self:
+    """Self-attention keys and values of every decoder layer in buffers sized for the whole output."""
+
+    def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, dtype, device):
+        self.keys = torch.empty(layers, batch, heads, length, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty_like(self.keys)
+        self.length = 0
+
+    def update(self, k, v, layer: int):
+        """Write this step's keys / values of ``layer`` and return its whole history (views, no copy)."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        if layer == self.keys.shape[0] - 1:
+            self.length = end
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+@dataclass
+class _Cross:
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+class _CrossAll:
+    def __init__(self, layers: int):
+        self.layers = [_Cross() for _ in range(layers)]
+
+    def update(self, k, v, layer: int):
+        self.layers[layer].keys, self.layers[layer].values = k, v
+        return k, v
+
+
+class StaticCache:
+    """What the decoder layers read of transformers' ``EncoderDecoderCache`` (``self_attention_cache``,
+    ``cross_attention_cache``, ``is_updated``, ``get_seq_length``), with the self-attention history
+    in preallocated buffers: a step writes one position instead of copying the history."""
+
+    def __init__(self, config, batch: int, length: int, dtype, device):
+        self.self_attention_cache = _Self(config.decoder_layers, batch, config.num_heads, length, config.head_dim,
+                                          dtype, device)
+        self.cross_attention_cache = _CrossAll(config.decoder_layers)  # computed once, at the first step
+        self.is_updated: dict[int, bool] = {}
+
+    def get_seq_length(self) -> int:
+        return self.self_attention_cache.length
+
+
+@dataclass
+class Decoded:
+    """``sequences`` (B, 1 + steps) starting with the decoder start id, finished rows padded; with
+    scores, per step the processed scores and the raw logits (float32, (B, V)), as ``generate``'s
+    ``scores`` and ``logits``."""
+
+    sequences: torch.Tensor
+    scores: tuple | None = None
+    logits: tuple | None = None
+
+
+@torch.inference_mode()
+def greedy_decode(model, *, max_new_tokens: int, logits_processor=(), eos_token_id: int, pad_token_id: int,
+                  decoder_start_token_id: int, want_scores: bool = False, pixel_values=None, input_ids=None,
+                  attention_mask=None, patch_mask=None, has_image=None) -> Decoded:
+    """Greedy decoding of ``model`` (a :class:`~unio.model.UnioForConditionalGeneration`) for at most
+    ``max_new_tokens``, stopping when every row has written ``eos_token_id``."""
+    config = model.config
+    enc = model.get_encoder()(pixel_values, input_ids, attention_mask, patch_mask, has_image)
+    states, enc_mask = enc.last_hidden_state, enc.attention_mask
+    B, device = states.shape[0], states.device
+    cache = StaticCache(config, B, max_new_tokens, states.dtype, device)
+    weight = model.shared.weight
+    bias = None
+    if config.used_vocab_size < config.vocab_size:  # padding ids are never predicted (as forward does)
+        bias = weight.new_zeros(config.vocab_size)
+        bias[config.used_vocab_size:] = float("-inf")
+    sequences = torch.full((B, 1), decoder_start_token_id, dtype=torch.long, device=device)
+    unfinished = torch.ones(B, dtype=torch.long, device=device)
+    scores, raw = [], []
+    for _ in range(max_new_tokens):
+        h, _ = model.decoder(sequences[:, -1:], states, enc_mask, None, cache, False)
+        logits = F.linear(h[:, -1], weight, bias).to(torch.float32)  # (B, V), a copy as generate takes it
+        processed = logits
+        for processor in logits_processor:
+            processed = processor(sequences, processed)
+        if want_scores:
+            scores.append(processed)
+            raw.append(logits)
+        next_ids = processed.argmax(-1)
+        next_ids = next_ids * unfinished + pad_token_id * (1 - unfinished)
+        sequences = torch.cat([sequences, next_ids[:, None]], dim=-1)
+        unfinished = unfinished & (next_ids != eos_token_id).long()
+        if unfinished.max() == 0:
+            break
+    return Decoded(sequences, tuple(scores) if want_scores else None, tuple(raw) if want_scores else None)
