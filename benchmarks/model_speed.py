@@ -213,7 +213,7 @@ def bench_preset(preset, args, device, dtype, autocast):
         "unio": train_step_fn(unio, dict(pixel_values=b["pixel_values"], input_ids=b["prompt"], labels=mixed,
                                          logits_mask=mixed != -100), autocast),
         "t5": train_step_fn(t5, dict(input_ids=b["t5_input"], labels=mixed), autocast),
-        "t5_longest": train_step_fn(t5, dict(input_ids=b["t5_input"], labels=mixed[:, :max(MIXED_LENGTHS)]),
+        "t5_longest": train_step_fn(t5, dict(input_ids=b["t5_input"], labels=mixed[:, :max(MIXED_LENGTHS)].contiguous()),
                                     autocast),
     }, args.warmup, args.repeats, device)
     g = make_batch(cfg, args.gen_batch, args.prompt_len, args.target_len, device, seed=1)
