@@ -56,7 +56,7 @@ def test_detect_jsonl_and_pictures(model, images, tmp_path):
         assert len(r["boxes"]) == len(r["labels"]) == len(r["scores"]) > 0
         assert all(0 <= b[0] <= b[2] <= W and 0 <= b[1] <= b[3] <= H for b in r["boxes"])
         assert all(0 < s < 1 for s in r["scores"])
-        assert Image.open(r["viz_png"]).size == (W, H)
+        assert Image.open(r["viz_png"]).size == (384, round(H * 384 / W))  # small images are drawn larger
 
 
 def test_coco_results_load_in_pycocotools(model, images, tmp_path):
@@ -86,7 +86,7 @@ def test_segment_rle_and_depth_files(model, images, tmp_path):
     (rec,) = read_jsonl(tmp_path / "seg.jsonl")
     mask = mask_utils.decode({"size": rec["mask"]["size"], "counts": rec["mask"]["counts"].encode()})
     assert mask.shape == (H, W) and int(mask.sum()) == rec["area"]
-    assert Image.open(rec["viz_png"]).size == (W, H)
+    assert Image.open(rec["viz_png"]).size == (384, round(H * 384 / W))
 
     code, _, err = predict("depth", "--model", model, *images[:2], "--out", tmp_path / "depth.jsonl")
     assert code == 0, err
@@ -207,3 +207,15 @@ def test_options_reach_the_model(model, images, tmp_path):
         assert code == 0, err
     pixels = [np.asarray(Image.open(read_jsonl(tmp_path / f"g{s}.jsonl")[0]["image_png"])) for s in (0, 1)]
     assert not np.array_equal(*pixels)
+
+
+def test_viz_threshold_leaves_low_scores_out_of_the_picture(model, images, tmp_path):
+    from unio.viz import enlarge
+    code, _, err = predict("detect", "--model", model, images[0], "--viz", tmp_path / "none", "--viz-threshold", "1.01",
+                           "--out", tmp_path / "a.jsonl")
+    assert code == 0, err
+    rec = read_jsonl(tmp_path / "a.jsonl")[0]
+    assert rec["boxes"]  # the record keeps every box ...
+    drawn = np.asarray(Image.open(rec["viz_png"]))
+    plain = np.asarray(enlarge(Image.open(images[0]), 384 / W))
+    assert np.array_equal(drawn, plain)  # ... the picture shows none above 1.01

@@ -52,7 +52,7 @@ class Count(Task):
     def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return str(example.meta["count"]), str(prediction)
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         said = f"{result} objects" if result is not None else "(no number)"
         if example is not None:
             said += f" (truth: {example.meta['count']})"

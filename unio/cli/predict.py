@@ -26,10 +26,16 @@ import unio
 from .. import viz
 from ..errors import InputError, TaskError
 from ..evaluate import set_threads
+from ..data.formats import read_json
 from ..images import IMAGE_EXTENSIONS, check_box, load_image
 from ..pipeline import options_for
 from ..tasks import get_task, task_names
+from ..tasks.detect import coco_gt_categories, coco_gt_images
 from ..tasks.options import parse_options
+
+
+VIZ_SIDE = 384        # --viz draws pictures with a shorter long side at this size
+VIZ_THRESHOLD = 0.3   # --viz leaves out detections scoring below this (--viz-threshold)
 
 
 def main(args) -> int:
@@ -53,6 +59,9 @@ def main(args) -> int:
         raise InputError(f"--labels is for {' and '.join(takers)}, not {name}; drop it")
     if args.format == "coco" and not hasattr(task, "coco_results"):
         raise InputError(f"--format coco is for detect results only, not {name}; use --format jsonl")
+    gt = getattr(args, "gt", None)
+    if gt and args.format != "coco":
+        raise InputError("--gt maps COCO results to a ground-truth file's ids; use it with --format coco")
     parsed = parse_options(getattr(args, "options", None))
     other = sorted(t for t in parsed if t not in (None, name))
     if other:
@@ -65,6 +74,10 @@ def main(args) -> int:
     if box is not None:
         inputs["box"] = box
     images = _image_paths(args.images, task)
+    if gt:
+        gt = read_json(Path(gt), "--gt ground-truth file")
+        coco_gt_images(gt, images)  # every image must be in it, before the model loads
+        coco_gt_categories(gt)
     out = Path(args.out) if args.out else None
     picture_out = _picture_out(task, out, images, args)
     files = Path(args.viz) if args.viz else (out.parent / f"{out.stem}_files" if out else Path("unio-predict-files"))
@@ -83,11 +96,12 @@ def main(args) -> int:
         print(f"wrote the {name} picture to {out}", file=sys.stderr)
         return 0
     if task.needs_image:
-        records = _run_images(pipe, task, images, inputs, options, args.batch_size, files, viz_dir)
+        records = _run_images(pipe, task, images, inputs, options, args.batch_size, files, viz_dir,
+                              getattr(args, "viz_threshold", VIZ_THRESHOLD))
     else:  # the answer is made from the text alone (generate_image)
         result = pipe.run(name, **inputs, **options)
         records = [{"task": name, **task.to_record(result, inputs, files, "generated")}]
-    _write(records, task, out, args.format, pipe)
+    _write(records, task, out, args.format, pipe, gt)
     return 0
 
 
@@ -115,7 +129,7 @@ def _picture_out(task, out: Path | None, images: list, args) -> bool:
 
 
 def _run_images(pipe, task, paths, inputs: dict, options: dict, batch_size: int, files: Path,
-                viz_dir: Path | None) -> list[dict]:
+                viz_dir: Path | None, viz_threshold: float) -> list[dict]:
     bs = max(1, int(batch_size))
     records = []
     with tqdm(total=len(paths), unit="img", desc=f"unio predict {task.name}", file=sys.stderr,
@@ -128,7 +142,9 @@ def _run_images(pipe, task, paths, inputs: dict, options: dict, batch_size: int,
                 stem = f"{start + k:05d}_{Path(path).stem}"
                 rec = {"image": str(path), "task": task.name, "width": pil.width, "height": pil.height,
                        **task.to_record(result, inputs, files, stem)}
-                panels = task.panels(pil, result, inputs=inputs) if viz_dir is not None else []
+                scale = max(1.0, VIZ_SIDE / max(pil.size))  # small images drawn big enough to read the labels
+                panels = task.panels(pil, result, inputs=inputs, scale=scale, threshold=viz_threshold) \
+                    if viz_dir is not None else []
                 if panels:
                     viz_dir.mkdir(parents=True, exist_ok=True)
                     picture = panels[0][0] if len(panels) == 1 and not panels[0][1] else \
@@ -140,9 +156,9 @@ def _run_images(pipe, task, paths, inputs: dict, options: dict, batch_size: int,
     return records
 
 
-def _write(records: list[dict], task, out: Path | None, fmt: str, pipe) -> None:
+def _write(records: list[dict], task, out: Path | None, fmt: str, pipe, gt=None) -> None:
     if fmt == "coco":
-        results, categories = task.coco_results(records, pipe.classes.get("object") or [])
+        results, categories = task.coco_results(records, pipe.classes.get("object") or [], gt)
         text = json.dumps(results)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -300,10 +300,11 @@ class Task:
         return {"result": as_dict(result)}
 
     def panels(self, image, result, example: Example | None = None, scale: float = 1.0, judge=None,
-               inputs: dict | None = None) -> list:
+               inputs: dict | None = None, threshold: float | None = None) -> list:
         """Pictures of one result: [(PIL image, caption)], each ``scale`` times the input's size;
         with ``example``, its truth beside (the demo sheet). A picture that says everything itself
-        (boxes drawn with their labels) has an empty caption: ``--viz`` then saves it as it is."""
+        (boxes drawn with their labels) has an empty caption: ``--viz`` then saves it as it is.
+        ``threshold``: results scored below it are not drawn (detections)."""
         return [(viz.enlarge(image, scale), short(as_text(result)))] if image is not None else []
 
     def summary(self, prediction, example: Example, judge=None) -> tuple[str, str]:

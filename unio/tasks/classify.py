@@ -114,7 +114,7 @@ class Classify(Task):
     def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return str(example.meta.get("label")), str(prediction)
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         said = f"{result} {result.score:.2f}"
         if example is not None:
             said = f"{self.name}: {result} (truth: {example.meta.get('label')})"
@@ -145,7 +145,7 @@ class ClassifyRegion(Classify):
     def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         return f"{example.meta.get('label')} at {fmt_box(example.meta['box'])}", str(prediction)
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if example is None:
             return super().panels(image, result, scale=scale)
         return [(viz.boxes_panel(image, [example.meta["box"]], colors=[viz.TRUTH], scale=scale),

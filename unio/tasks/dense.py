@@ -122,7 +122,7 @@ class Segment(DenseTask):
         return (f"{m['expression']}: {int(np.sum(m['mask']))} px",
                 f"{int(np.sum(prediction))} px, IoU {mask_iou(prediction, m['mask']):.2f}")
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if example is None:
             return [(viz.mask_panel(image, result, scale=scale), "")]
         m = example.meta
@@ -195,7 +195,7 @@ class Depth(DenseTask):
         return (f"depth {np.min(d):.2f}..{np.max(d):.2f}",
                 f"AbsRel {depth_metrics(prediction, d)['absrel']:.2f} (all pixels)")
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if example is None:
             return []  # the map itself is written beside the records
         far = float(judge.ctx.image_tokenizer.depth_range[1]) if judge is not None else float(np.max(result))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import viz
-from ..errors import BoxError
+from ..errors import BoxError, InputError
 from ..metrics import coco_detection_map
 from .registry import register
 from .base import Detection, Example, Task, TaskContext, location_limits
@@ -209,18 +209,31 @@ class Detect(Task):
         return {"boxes": [[round(float(v), 2) for v in d.box] for d in result], "labels": [d.label for d in result],
                 "scores": [finite(d.score) for d in result]}
 
-    def coco_results(self, records: list[dict], classes: list[str]) -> tuple[list[dict], list[dict]]:
+    def coco_results(self, records: list[dict], classes: list[str], gt: dict | None = None
+                     ) -> tuple[list[dict], list[dict]]:
         """``unio predict --format coco``: records -> COCO results ([x, y, w, h] boxes) and categories.
 
+        With ``gt`` (a COCO instances file, loaded), labels take the ground truth's category ids by
+        name and images its image ids by file name, so pycocotools scores the file against it; a
+        label or image it cannot map is an InputError naming them (nothing is guessed). Without it,
         image_id is the file name's number when it is one (COCO's 000000397133.jpg -> 397133), else
-        the 1-based position; category_id is the 1-based index in the model's object classes, labels
-        outside them numbered after.
+        the 1-based position, and category_id the 1-based index in the model's object classes,
+        labels outside them numbered after.
         """
-        cat_ids = {name: k + 1 for k, name in enumerate(classes)}
+        if gt is not None:
+            image_ids, cat_ids = coco_gt_images(gt, [rec["image"] for rec in records]), coco_gt_categories(gt)
+            unknown = sorted({lb for rec in records for lb in rec["labels"]} - set(cat_ids))
+            if unknown:
+                raise InputError(f"the model detected {len(unknown)} label(s) that are no category of the ground "
+                                 f"truth: {unknown[:5]}; its categories are {sorted(cat_ids)[:8]}...; map the model's "
+                                 "classes to the ground truth's names, or leave --gt out")
+        else:
+            cat_ids = {name: k + 1 for k, name in enumerate(classes)}
+            image_ids = {}
         results = []
         for pos, rec in enumerate(records, start=1):
             stem = Path(rec["image"]).stem
-            image_id = int(stem) if stem.isdigit() else pos
+            image_id = image_ids.get(rec["image"], int(stem) if stem.isdigit() else pos)
             for b, label, score in zip(rec["boxes"], rec["labels"], rec["scores"]):
                 if label not in cat_ids:
                     cat_ids[label] = len(cat_ids) + 1
@@ -233,8 +246,9 @@ class Detect(Task):
         top = sorted(prediction, key=lambda d: -d.score)[:3]
         return ", ".join(example.meta["labels"]), ", ".join(f"{d.label} {d.score:.2f}" for d in top) or "(none)"
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
-        top = sorted(result, key=lambda d: -d.score)[:8] if example is not None else result
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
+        top = sorted(result, key=lambda d: -d.score)
+        top = top[:8] if example is not None else [d for d in top if threshold is None or d.score >= threshold]
         drawn = viz.boxes_panel(image, [d.box for d in top], [d.label for d in top], [d.score for d in top],
                                 scale=scale)
         if example is None:
@@ -243,6 +257,28 @@ class Detect(Task):
         return [(drawn, f"detect: {len(result)} boxes (top {len(top)})"),
                 (viz.boxes_panel(image, m["boxes"], m["labels"], colors=[viz.TRUTH] * len(m["boxes"]), scale=scale),
                  "detect: truth")]
+
+
+def coco_gt_categories(gt: dict) -> dict[str, int]:
+    """{category name: id} of a COCO instances file."""
+    cats = gt.get("categories") if isinstance(gt, dict) else None
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in cats):
+        raise InputError("the --gt file has no 'categories' list of {id, name}; give a COCO instances file")
+    return {str(c["name"]): c["id"] for c in cats}
+
+
+def coco_gt_images(gt: dict, paths) -> dict[str, int]:
+    """{path: image id} for image files, matched to a COCO instances file's images by file name."""
+    images = gt.get("images") if isinstance(gt, dict) else None
+    if not isinstance(images, list) or not all(isinstance(im, dict) and "id" in im and "file_name" in im
+                                               for im in images):
+        raise InputError("the --gt file has no 'images' list of {id, file_name}; give a COCO instances file")
+    by_name = {Path(im["file_name"]).name: im["id"] for im in images}
+    missing = [str(p) for p in paths if Path(p).name not in by_name]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) are not in the --gt file's images (matched by file name): "
+                         f"{missing[:3]}; predict on the ground truth's images, or leave --gt out")
+    return {str(p): by_name[Path(p).name] for p in paths}
 
 
 def truth(example: Example) -> list[dict]:

@@ -101,7 +101,7 @@ class Ground(Task):
         m = example.meta
         return f"{m['expression']} {fmt_box(m['box'])}", f"{fmt_box(prediction)} IoU {iou(prediction, m['box']):.2f}"
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if example is None:
             expression = (inputs or {}).get("expression") or ""
             return [(viz.boxes_panel(image, [tuple(result)] if result is not None else [],

@@ -244,7 +244,7 @@ class GenerateImage(ImageTask):
         dets = sorted(judge.run(Detect.name, prediction), key=lambda d: -d.score)[:3]
         return short(example.meta["text"]), ", ".join(f"{d.label} {d.score:.2f}" for d in dets) or "(nothing detected)"
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         text = example.meta["text"] if example is not None else (inputs or {}).get("text", "")
         if judge is None:
             return [(viz.enlarge(result, scale), f"generate: '{short(text, 60)}'")]
@@ -375,7 +375,7 @@ class Inpaint(ImageTask):
         m = example.meta
         return f"{m['text']} at {fmt_box(m['box'])}", f"PSNR {box_psnr(prediction, example):.1f} dB in the box"
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if example is None:
             return [(viz.enlarge(result, scale), f"inpaint: '{(inputs or {}).get('text', '')}'")]
         m = example.meta

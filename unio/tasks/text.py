@@ -42,7 +42,7 @@ class TextTask(Task):
             rec["question" if self.text_input == "question" else "prompt_text"] = inputs[self.text_input]
         return rec
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         said = short(result or "(empty)", 60)
         if example is not None:
             asked = f"Q: {example.meta['question']} " if "question" in self.inputs else ""
@@ -197,7 +197,7 @@ class DescribeRegion(Described):
         truth, pred = super().summary(prediction, example, judge)
         return f"{truth} at {fmt_box(example.meta['box'])}", pred
 
-    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None) -> list:
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if example is None:
             return super().panels(image, result, scale=scale)
         truth = (example.meta.get("references") or [""])[0]
