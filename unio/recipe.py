@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .data.formats import COMMON_KEYS, Source, source_keys
+from .data.formats import COMMON_KEYS, folder_keys, source_keys
 from .errors import CheckpointError, DataError, RecipeError, UnioError
 from .export import export_path
 from .model.configuration_unio import PRESETS, UnioConfig, _HIDDEN_FIELDS
@@ -391,7 +391,7 @@ def _check_source(spec, key: str, need_tasks: bool) -> dict:
             raise RecipeError(f"{key}.{k} is required for a {spec['source']} source (a path to your data)")
     for k in (*required, *optional):
         if out.get(k) not in (None, ""):
-            kind = "dir" if k in Source.FOLDER_KEYS else "file"
+            kind = "dir" if k in folder_keys(str(spec["source"])) else "file"
             out[k] = resolve_path(out[k], f"{key}.{k}", kind, shipped=False)
     for k, default in options.items():
         if k in out:

@@ -3,7 +3,10 @@
 - ``unio.data.shapes``   the procedural shapes world (``ShapesWorld``)
 - ``unio.data.formats``  the reader interface and ``open_source(spec)``, which opens a recipe's data
                          entry with one of the readers: COCO, VQAv2, RefCOCO (``unio.data.coco``),
-                         class / depth / mask folders (``unio.data.folders``), JSONL (``unio.data.jsonl``)
+                         class / depth / mask folders (``unio.data.folders``), JSONL (``unio.data.jsonl``),
+                         IDX files of MNIST / Fashion-MNIST (``unio.data.idx``)
+- ``unio.data.specs``    data specs: ``shapes:SEED``, ``SOURCE:key=value,...``, manifests, entry files
+- ``unio.data.pictures`` pictures for the image tokenizer's trainer (shapes, folders, any data spec)
 - ``unio.data.mixture``  the seeded multi-task mixture with a resumable position
 - ``unio.data.collate``  Examples -> the model's forward keyword arguments
 

@@ -265,6 +265,7 @@ SOURCES: dict[str, str] = {
     "depth": "folders:DepthFolderSource",
     "masks": "folders:MaskFolderSource",
     "jsonl": "jsonl:JsonlSource",
+    "idx": "idx:IdxSource",
 }
 
 
@@ -273,6 +274,11 @@ def _source_class(name: str) -> type[Source]:
         raise DataError(f"unknown data source {name!r}; use one of {sorted(SOURCES)}")
     module, cls = SOURCES[name].split(":")
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+
+
+def folder_keys(name: str) -> tuple[str, ...]:
+    """The path keys of source ``name`` that name folders (the other path keys name files)."""
+    return tuple(_source_class(name).FOLDER_KEYS)
 
 
 def source_keys(name: str) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:

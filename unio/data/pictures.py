@@ -55,6 +55,9 @@ class ShapesPictures:
             return mask_to_image(s["objects"][k]["mask"])
         return np.asarray(s["image"], dtype=np.float32).transpose(2, 0, 1) / 255.0
 
+    def _picture(self, k: int):
+        return self.files[k]
+
     def batch(self, indices) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
 
@@ -151,7 +154,7 @@ class FolderPictures:
         k = index % len(self.files)
         if k not in self._cache:
             try:
-                square, _ = letterbox(self.files[k], self.image_size)
+                square, _ = letterbox(self._picture(k), self.image_size)
             except ImageError as exc:
                 raise DataError(f"could not use {self.files[k]} for training: {exc}") from None
             arr = np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
@@ -164,11 +167,35 @@ class FolderPictures:
         return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
 
 
+class SamplePictures(FolderPictures):
+    """The images of any dataset a data spec names (``idx:images=FILE``, ``coco:images=DIR,...``, a
+    JSONL manifest), letterboxed; the last 5% (at least one, at most 256) held out like folders."""
+
+    def __init__(self, spec: str, image_size: int = 64, held_out: bool = False):
+        self.source, _ = open_data(spec)
+        n = len(self.source)
+        n_eval = min(256, max(1, n // 20)) if n > 1 else 0
+        self.files = list(range(n - n_eval, n)) if held_out else list(range(n - n_eval))
+        if not self.files:
+            self.files = list(range(n))
+        self.image_size = image_size
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_limit = max(1, (1 << 30) // (3 * image_size * image_size))
+
+    def _picture(self, k: int):
+        return self.source[self.files[k]]["image"]
+
+
 def make_pictures(spec: str, image_size: int, seed: int = 0, held_out: bool = False, mix=None,
                   depth_range=(0.0, 1.0)):
-    """``shapes`` or ``folder:PATH`` -> a source with ``batch(indices)``; held_out picks the evaluation split."""
+    """``shapes``, ``folder:PATH`` or any data spec (``idx:images=FILE``) -> a source with
+    ``batch(indices)``; held_out picks the evaluation split."""
     if spec == "shapes":
         return ShapesPictures(image_size, seed + 1 if held_out else seed, mix, depth_range)
     if spec.startswith("folder:") and len(spec) > len("folder:"):
         return FolderPictures(spec[len("folder:"):], image_size, held_out=held_out)
-    raise DataError(f"unknown --data {spec!r}; use 'shapes' or 'folder:PATH'")
+    try:
+        return SamplePictures(spec, image_size, held_out=held_out)
+    except DataError as exc:
+        raise DataError(f"--data {spec!r}: {exc}; use 'shapes', 'folder:PATH' or a data spec such as "
+                        "idx:images=FILE") from None
