@@ -10,7 +10,7 @@ import pytest
 from unio import __version__
 from unio.cli import main
 
-SUBCOMMANDS = ["predict", "train", "eval", "export", "init", "tokenizer", "shapes", "demo"]
+SUBCOMMANDS = ["predict", "train", "eval", "export", "init", "tokenizer", "shapes", "demo", "serve"]
 
 
 def unio_script() -> str:

@@ -16,9 +16,10 @@ LAYERS = [
     ("unio.vocab",),
     ("unio.model",),
     ("unio.tasks",),
-    ("unio.export",),
+    ("unio.export", "unio.interop"),
     ("unio.pipeline",),
     ("unio.evaluate",),
+    ("unio.serving",),
     ("unio.recipe", "unio.training"),
     ("unio.cli", "unio.__main__"),
 ]

@@ -89,6 +89,11 @@ def _cmd_demo(args):
     return demo(args)
 
 
+def _cmd_serve(args):
+    from .serve import main as serve
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unio", description="Unified sequence-to-sequence vision-language models.")
     p.add_argument("--version", action="version", version=_version())
@@ -106,8 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--box", help="x1,y1,x2,y2 pixel box for region tasks and inpaint")
     s.add_argument("--out", help="predictions file (.jsonl, or .json with --format coco); for generate_image, "
                    "inpaint and depth on one image it may name the picture itself (.png, .jpg; depth also .npy)")
-    s.add_argument("--viz", help="folder for pictures of the predictions")
-    s.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
+    s.add_argument("--viz", help="folder for pictures of the predictions (images under 384 px drawn larger)")
+    s.add_argument("--viz-threshold", type=float, default=0.3,
+                   help="--viz draws detections scoring at least this (default 0.3; the records keep every box)")
+    s.add_argument("--format", choices=["jsonl", "coco"], default="jsonl",
+                   help="coco: detection results pycocotools' loadRes reads; without --gt, image_id is the file "
+                        "name's number (000000397133.jpg -> 397133) or the 1-based position, category_id the "
+                        "1-based index in the model's object classes (named in OUT.categories.json)")
+    s.add_argument("--gt", metavar="INSTANCES.json", help="with --format coco: take image and category ids from this "
+                   "COCO ground-truth file (images by file name, categories by name); unmapped ones are an error")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; one "
@@ -171,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bpe keeps whole words of small templated corpora; unigram suits large ones")
     t = tk.add_parser("image", help="train a VQ image tokenizer")
     t.add_argument("--data", default="shapes",
-                   help="shapes, or folder:PATH for your own images; with --refine: shapes or a dataset with depth "
+                   help="shapes, folder:PATH for your own images, or any data spec (idx:images=FILE, "
+                        "coco:images=DIR,...); with --refine: shapes or a dataset with depth "
                         "maps / masks as unio eval reads it (depth:images=DIR,depth=DIR, a .jsonl manifest ...)")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=20000)
@@ -233,6 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads; the demo model is so small that one "
                    "thread is fastest, and by far on a busy machine")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP to many users at once, with dynamic batching")
+    s.add_argument("--model", required=True, help="export directory or shipped model name (e.g. shapes-demo)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; any other "
+                   "needs --token)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=16, help="requests per model call")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for others to batch with")
+    s.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 429")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request, else 504")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit, else 413")
+    s.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image size limit (width x height), else 413")
+    s.add_argument("--token", default=None, help="bearer token clients must send (default: $UNIO_SERVE_TOKEN)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -1,0 +1,174 @@
+"""Dynamic batching: requests for the same task with the same options, arriving within a short
+window, share one model call, made in one worker thread so that the event loop stays free.
+
+A :class:`Job` waits in one first-in-first-out queue. The scheduler (a coroutine on the event
+loop) takes the oldest job's key (task + options), waits until that key has ``max_batch`` jobs or
+the oldest has waited ``max_wait`` seconds, and hands up to ``max_batch`` jobs of that key to the
+worker thread; while the model runs, new requests keep queueing, so a busy server makes larger
+batches by itself. Each job's answer goes to its own future, by position: a caller that gives up
+(timeout, disconnect) cancels its future, which takes it out of the queue, or, when its batch is
+already running, only drops its answer; the others of the batch get theirs.
+
+``run_batch(jobs)`` runs in the worker thread and returns one outcome per job: a result or the
+exception that job raised.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Job", "Batcher", "QueueFull"]
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` jobs already."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request waiting for the model: the task, its key (task + options: jobs batch only with
+    their own key), the decoded image (or None), the task's inputs and checked options."""
+
+    task: str
+    key: Any
+    image: Any
+    inputs: dict
+    options: dict
+    arrived: float = field(default_factory=time.monotonic)
+    future: asyncio.Future | None = None
+
+
+class Batcher:
+    """Queue + scheduler + one worker thread. Use :meth:`submit` from the event loop."""
+
+    def __init__(self, run_batch: Callable[[list[Job]], list], *, max_batch: int = 16, max_wait: float = 0.01,
+                 max_queue: int = 256, on_batch: Callable[[str, int, float], None] | None = None):
+        if max_batch < 1 or max_queue < 1 or max_wait < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait >= 0")
+        self.run_batch = run_batch
+        self.max_batch, self.max_wait, self.max_queue = int(max_batch), float(max_wait), int(max_queue)
+        self.on_batch = on_batch
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unio-serve-worker")
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)   # of every model call, newest last
+        self.running = 0                                      # jobs in the model call now running
+        self._queue: deque[Job] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- the caller's side
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def submit(self, job: Job) -> asyncio.Future:
+        """Queue ``job``; its future gets the result (or the exception). QueueFull when full."""
+        self.ensure_started()
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting); retry shortly")
+        job.future = self._loop.create_future()
+        job.future.add_done_callback(lambda _f, j=job: self._forget(j))
+        self._queue.append(job)
+        self._wake.set()
+        return job.future
+
+    def ensure_started(self) -> None:
+        """Start the scheduler on the running loop (again, if an earlier loop has gone)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._task is not None and not self._task.done():
+            return
+        self._loop, self._wake = loop, asyncio.Event()
+        self._queue.clear()                         # jobs of a loop that has gone cannot be answered
+        self._task = loop.create_task(self._schedule(), name="unio-serve-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for job in list(self._queue):
+            job.future.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` in the worker thread (model loading): an awaitable."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _forget(self, job: Job) -> None:
+        if job.future.cancelled():
+            try:
+                self._queue.remove(job)
+            except ValueError:      # already taken into a batch
+                pass
+
+    # -- the scheduler
+    def _next_batch(self) -> list[Job] | float:
+        """The jobs to run now, or how long to wait for more (seconds)."""
+        first = self._queue[0]
+        same = [j for j in self._queue if j.key == first.key]
+        wait = first.arrived + self.max_wait - time.monotonic()
+        if len(same) < self.max_batch and wait > 0:
+            return wait
+        batch = same[: self.max_batch]
+        for j in batch:
+            self._queue.remove(j)
+        return batch
+
+    async def _schedule(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            nxt = self._next_batch()
+            if isinstance(nxt, float):
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), nxt)
+                except (asyncio.TimeoutError, TimeoutError):
+                    pass
+                continue
+            await self._run(nxt)
+
+    async def _run(self, batch: list[Job]) -> None:
+        jobs = [j for j in batch if not j.future.done()]
+        if not jobs:
+            return
+        self.batch_sizes.append(len(jobs))
+        self.running = len(jobs)
+        t0 = time.monotonic()
+        try:
+            outcomes = await self.call(_outcomes, self.run_batch, jobs)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the executor itself failed (shut down): every job gets it
+            outcomes = [exc] * len(jobs)
+        finally:
+            self.running = 0
+        if self.on_batch is not None:
+            self.on_batch(jobs[0].task, len(jobs), time.monotonic() - t0)
+        for job, out in zip(jobs, outcomes):
+            if job.future.done():   # its caller gave up (timeout, disconnect): drop its answer only
+                continue
+            if isinstance(out, BaseException):
+                job.future.set_exception(out)
+            else:
+                job.future.set_result(out)
+
+
+def _outcomes(run_batch, jobs: list[Job]) -> list:
+    """``run_batch(jobs)``, with one failing call turned into one outcome per job."""
+    try:
+        out = run_batch(jobs)
+    except Exception as exc:
+        return [exc] * len(jobs)
+    if len(out) != len(jobs):
+        err = RuntimeError(f"the model answered {len(out)} of {len(jobs)} requests")
+        return [err] * len(jobs)
+    return list(out)
