@@ -112,7 +112,7 @@ def test_training_on_a_folder(tmp_path):
 
 @pytest.mark.parametrize("data, message", [("folder:/no/such/folder", "does not exist"),
                                            ("folder:EMPTY", "holds no images"),
-                                           ("imagenet", "use 'shapes' or 'folder:PATH'")])
+                                           ("imagenet", "use 'shapes', 'folder:PATH' or a data spec")])
 def test_training_command_rejects_bad_data(tmp_path, capsys, data, message):
     data = data.replace("EMPTY", str(tmp_path))
     assert cli(["tokenizer", "image", "--data", data, "--out", str(tmp_path / "o"), "--steps", "1",

@@ -8,7 +8,7 @@ with annotations, as the readers of :mod:`.formats` give, but image tensors.
 - :class:`FolderPictures` (``--data folder:PATH``): the user's images, letterboxed.
 - :class:`GuidedPictures` (``--refine`` with ``--data SPEC``): pictures with their depth maps and
   object masks from any data spec ``unio eval`` reads (:func:`unio.data.specs.open_data`).
-- :func:`make_pictures`: ``shapes`` or ``folder:PATH`` -> the source.
+- :func:`make_pictures`: ``shapes``, ``folder:PATH`` or any data spec -> the source.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..tokenizers.dense import depth_to_image, mask_to_image
 from .shapes import ShapesWorld
 from .specs import open_data
 
-__all__ = ["KINDS", "ShapesPictures", "FolderPictures", "GuidedPictures", "make_pictures"]
+__all__ = ["KINDS", "ShapesPictures", "FolderPictures", "SamplePictures", "GuidedPictures", "make_pictures"]
 
 KINDS = ("rgb", "depth", "mask")  # what a picture for the image tokenizer can be drawn from
 
@@ -54,9 +54,6 @@ class ShapesPictures:
             k = (index // len(self.cycle)) % len(s["objects"])
             return mask_to_image(s["objects"][k]["mask"])
         return np.asarray(s["image"], dtype=np.float32).transpose(2, 0, 1) / 255.0
-
-    def _picture(self, k: int):
-        return self.files[k]
 
     def batch(self, indices) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
@@ -163,6 +160,9 @@ class FolderPictures:
             self._cache[k] = arr
         return self._cache[k].astype(np.float32) / 255.0
 
+    def _picture(self, k: int):
+        return self.files[k]
+
     def batch(self, indices) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.item(int(i)) for i in indices]))
 
@@ -197,5 +197,5 @@ def make_pictures(spec: str, image_size: int, seed: int = 0, held_out: bool = Fa
     try:
         return SamplePictures(spec, image_size, held_out=held_out)
     except DataError as exc:
-        raise DataError(f"--data {spec!r}: {exc}; use 'shapes', 'folder:PATH' or a data spec such as "
-                        "idx:images=FILE") from None
+        raise DataError(f"--data {spec!r}: use 'shapes', 'folder:PATH' or a data spec such as idx:images=FILE "
+                        f"({exc})") from None
