@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BoxError, ImageError
 
@@ -47,18 +47,26 @@ def check_box(box, size: tuple[int, int] | None = None) -> tuple[float, float, f
 
 
 def load_image(image) -> Image.Image:
-    """PIL image, numpy array (H, W), (H, W, 3|4) uint8 or float in [0, 1], or a path -> RGB PIL."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+    """PIL image, numpy array (H, W), (H, W, 3|4) uint8, uint16 or float in [0, 1], or a path -> RGB PIL.
+
+    Files and PIL images are turned upright by their EXIF orientation (a phone's portrait JPEG is
+    stored sideways with orientation 6), so boxes and masks come back in the frame a viewer shows.
+    16-bit pictures (PNG mode I;16, uint16 arrays) are scaled to 8 bits (/257), not clipped to white.
+    """
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"image file {path} does not exist; check the path")
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                return load_image(_upright(im))
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageError(f"could not read {path} as an image ({exc}); pass a PNG/JPEG/... file") from None
+    if isinstance(image, Image.Image):
+        image = _upright(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit and float pictures
+            return load_image(np.asarray(image))
+        return image.convert("RGB") if image.mode != "RGB" else image
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
         if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
@@ -70,15 +78,27 @@ def load_image(image) -> Image.Image:
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
             raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
         if arr.dtype != np.uint8:
+            sixteen = arr.dtype == np.uint16 or (np.issubdtype(arr.dtype, np.integer) and 255 < arr.max(initial=0) <= 65535)
             arr = arr.astype(np.float64)
             if not np.isfinite(arr).all():
                 raise ImageError("the image array contains NaN or infinite values")
-            if arr.max(initial=0) <= 1.0:
+            if sixteen:
+                arr = arr / 257.0          # 0..65535 -> 0..255
+            elif arr.max(initial=0) <= 1.0:
                 arr = arr * 255.0
             arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return Image.fromarray(arr).convert("RGB")
     raise ImageError(f"cannot use a {type(image).__name__} as an image; pass a PIL image, a numpy array "
                      "(H, W[, 3]) or a file path")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned by its EXIF orientation tag (unchanged without one)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF: take the pixels as stored
+        return image
+    return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
 
 
 @dataclass(frozen=True)
