@@ -22,7 +22,7 @@ from .constraints import ImageCodesProcessor
 from .ground import expression_and_object, one_expression
 from .options import Option
 
-REFINE = Option(bool, doc="let the input picture guide the decoded edges when the image tokenizer has a refiner")
+REFINE = Option(bool, True, doc="let the input picture guide the decoded edges when the image tokenizer has a refiner")
 
 
 def image_codes(ids, ctx: TaskContext) -> np.ndarray:

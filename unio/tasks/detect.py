@@ -41,7 +41,7 @@ NOISE = "noise"
 class Detect(Task):
     name = "detect"
     options = {
-        "max_objects": Option(int, min=1, doc="most boxes to write (default 20)"),
+        "max_objects": Option(int, 20, min=1, doc="most boxes to write"),
         "top_p": Option(float, above=0, max=1, doc="nucleus sampling of the sequence (Pix2Seq); default greedy"),
         "temperature": Option(float, above=0, doc="sampling temperature with top_p"),
         "threshold": Option(float, min=0, doc="drop boxes scoring below this (scores are probabilities)"),

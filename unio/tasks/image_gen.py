@@ -44,8 +44,8 @@ CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its dete
 RERANKERS = ("recaption", "caption", "pmi")  # how generate_image chooses among candidates
 SAMPLING = {
     "top_k": Option(int, min=1, doc="sample among the k most likely codes"),
-    "top_p": Option(float, above=0, max=1, doc="nucleus sampling mass (default 0.9)"),
-    "temperature": Option(float, above=0, doc="sampling temperature (default 1.0)"),
+    "top_p": Option(float, 0.9, above=0, max=1, doc="nucleus sampling mass"),
+    "temperature": Option(float, 1.0, above=0, doc="sampling temperature"),
     "seed": Option(int, min=0, doc="seed of the sampler: the same seed draws the same picture"),
 }
 
@@ -67,8 +67,9 @@ class ImageTask(Task):
         if seed is not None:
             gen = torch.Generator().manual_seed(int(seed))
         return [ImageCodesProcessor(ctx.vocab, ctx.image_codes),
-                GuidedSampler(guidance=None if guidance == 1 else guidance, temperature=temperature or 1.0,
-                              top_k=top_k, top_p=0.9 if top_p is None else top_p, generator=gen)]
+                GuidedSampler(guidance=None if guidance == 1 else guidance,
+                              temperature=SAMPLING["temperature"].default if temperature is None else temperature,
+                              top_k=top_k, top_p=SAMPLING["top_p"].default if top_p is None else top_p, generator=gen)]
 
     def save_picture(self, result, path) -> None:
         result.save(path)
@@ -114,8 +115,8 @@ class GenerateImage(ImageTask):
     inputs = ("text",)
     options = {
         **SAMPLING,
-        "guidance": Option(float, above=0, doc="classifier-free guidance scale (1: none)"),
-        "candidates": Option(int, min=1, doc="draw k pictures per text and keep the one that matches it best"),
+        "guidance": Option(float, 1.0, above=0, doc="classifier-free guidance scale (1: none)"),
+        "candidates": Option(int, 1, min=1, doc="draw k pictures per text and keep the one that matches it best"),
         "rerank": Option(str, choices=RERANKERS, doc="how candidates are chosen (default recaption, else pmi)"),
         "size": Option("size", doc="(width, height) of the returned picture"),
     }

@@ -26,8 +26,9 @@ __all__ = ["Option", "GENERATE", "PROMPT", "parse_options"]
 @dataclass(frozen=True)
 class Option:
     """One decoding option: its type (``int``, ``float``, ``bool``, ``str``, ``"labels"`` for a
-    list of strings or a comma-separated string, ``"size"`` for a (width, height) pair), default,
-    bounds or choices, and a line of documentation."""
+    list of strings or a comma-separated string, ``"size"`` for a (width, height) pair), the value
+    used when it is left out (None: the task decides, e.g. from the model), bounds or choices, and
+    a line of documentation."""
 
     type: Any
     default: Any = None
@@ -82,8 +83,8 @@ class Option:
 GENERATE: dict[str, Option] = {
     "max_new_tokens": Option(int, min=1, doc="longest answer in tokens (default: the task's)"),
     "min_new_tokens": Option(int, min=0, doc="shortest answer in tokens"),
-    "num_beams": Option(int, min=1, doc="beam search width (1: greedy)"),
-    "do_sample": Option(bool, doc="sample instead of searching"),
+    "num_beams": Option(int, 1, min=1, doc="beam search width (1: greedy)"),
+    "do_sample": Option(bool, False, doc="sample instead of searching"),
     "temperature": Option(float, above=0, doc="sampling temperature"),
     "top_k": Option(int, min=1, doc="sample among the k most likely tokens"),
     "top_p": Option(float, above=0, max=1, doc="nucleus sampling mass"),
