@@ -59,6 +59,7 @@ def load_image(image) -> Image.Image:
             raise ImageError(f"image file {path} does not exist; check the path")
         try:
             with Image.open(path) as im:
+                im.load()  # the pixels, before the file closes
                 return load_image(_upright(im))
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageError(f"could not read {path} as an image ({exc}); pass a PNG/JPEG/... file") from None
