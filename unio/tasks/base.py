@@ -7,6 +7,7 @@ never raises) and scores predictions (``metric``). See notes in DESIGN.md, "Task
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +28,8 @@ from .constraints import AllowedIdsProcessor
 from .options import GENERATE, PROMPT, Option
 from .registry import get_task, placeholders_by_task
 
-__all__ = ["TaskContext", "Example", "Task", "Box", "Detection", "Label", "check_box"]
+__all__ = ["TaskContext", "Example", "Task", "Box", "Detection", "Label", "check_box", "box_list", "fmt_box",
+           "one_object", "finite"]
 
 
 @dataclass
@@ -405,3 +407,27 @@ def as_dict(result) -> Any:
     if hasattr(result, "__dataclass_fields__"):
         return asdict(result)
     return result
+
+
+def box_list(box) -> list[float] | None:
+    """A box as JSON: 4 numbers rounded to 0.01 px (None stays None)."""
+    return None if box is None else [round(float(v), 2) for v in np.ravel(tuple(box))]
+
+
+def fmt_box(box) -> str:
+    return "none" if box is None else "(" + ", ".join(f"{float(v):.0f}" for v in box) + ")"
+
+
+def one_object(sample: dict, rng) -> dict:
+    """The sample narrowed to one seeded object, with its referring expressions (region tasks)."""
+    if not sample.get("objects"):
+        return sample
+    k = int(rng.integers(len(sample["objects"])))
+    refexps = [(e, 0) for e, i in sample.get("refexps") or [] if int(i) == k]
+    return {**sample, "objects": [sample["objects"][k]], "refexps": refexps}
+
+
+def finite(v) -> float | None:
+    """A float for JSON: None where it is NaN or infinite."""
+    v = float(v)
+    return v if math.isfinite(v) else None

@@ -13,10 +13,9 @@ from .. import viz
 from ..errors import InputError, TaskError
 from ..metrics import accuracy
 from .registry import register
-from .base import Example, Label, Task, TaskContext, check_box, pick
+from .base import Example, Label, Task, TaskContext, box_list, check_box, finite, fmt_box, one_object, pick
 from .constraints import AllowedIdsProcessor, LabelTrie, TrieProcessor
 from .options import Option
-from .text import box_list, fmt_box, one_object
 
 
 def label_set(labels, ctx: TaskContext, kind: str) -> list[str] | None:
@@ -119,12 +118,6 @@ class Classify(Task):
         if example is not None:
             said = f"{self.name}: {result} (truth: {example.meta.get('label')})"
         return [(viz.enlarge(image, scale), said)]
-
-
-def finite(v) -> float | None:
-    """A float for JSON: None where it is NaN or infinite."""
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 @register

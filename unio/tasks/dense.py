@@ -16,8 +16,7 @@ from ..data.coco import encode_mask
 from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox_array, unletterbox
 from ..metrics import depth_metrics, mask_iou, miou
 from .registry import register
-from .base import Example, Task, TaskContext
-from .classify import finite
+from .base import Example, Task, TaskContext, finite
 from .constraints import ImageCodesProcessor
 from .ground import expression_and_object, one_expression
 from .options import Option

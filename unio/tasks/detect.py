@@ -28,11 +28,9 @@ from .. import viz
 from ..errors import BoxError, InputError
 from ..metrics import coco_detection_map
 from .registry import register
-from .base import Detection, Example, Task, TaskContext, location_limits
-from .classify import finite
+from .base import Detection, Example, Task, TaskContext, box_list, finite, location_limits
 from .constraints import BoxesProcessor, LabelTrie
 from .options import Option
-from .text import box_list
 
 NOISE = "noise"
 

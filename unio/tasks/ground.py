@@ -7,9 +7,8 @@ from .. import viz
 from ..errors import TaskError
 from ..metrics import box_iou, grounding_acc
 from .registry import register
-from .base import Box, Example, Task, TaskContext, location_limits, pick
+from .base import Box, Example, Task, TaskContext, box_list, fmt_box, location_limits, pick
 from .constraints import BoxesProcessor
-from .text import box_list, fmt_box
 
 
 def one_expression(sample: dict, rng, with_mask: bool = False) -> dict:

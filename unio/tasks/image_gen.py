@@ -33,12 +33,12 @@ from ..errors import InputError, TaskError
 from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox, load_image
 from ..metrics import psnr, text_recall
 from .registry import get_task, register
-from .base import Example, Task, TaskContext, check_box, pick, short
+from .base import Example, Task, TaskContext, box_list, check_box, fmt_box, one_object, pick, short
 from .constraints import GuidedSampler, ImageCodesProcessor
 from .dense import image_codes
 from .detect import Detect
 from .options import Option
-from .text import Caption, _texts, box_list, fmt_box, one_object
+from .text import Caption, _texts
 
 CONSISTENCY_THRESHOLD = 0.5   # a generated object counts as found when its detection scores at least this
 RERANKERS = ("recaption", "caption", "pmi")  # how generate_image chooses among candidates
@@ -256,7 +256,7 @@ class GenerateImage(ImageTask):
 
 def consistency(judge, images, requested: list[list[str]], batch_size: int = 32,
                 threshold: float = CONSISTENCY_THRESHOLD, found_out: list | None = None) -> dict:
-    """Text-to-image consistency: ``judge``'s detector (``judge.run("detect", images)``) run on
+    """Text-to-image consistency: ``judge``'s detector (``judge.run(Detect.name, images)``) run on
     the generated images.
 
     ``requested[i]`` are the object labels the text of image ``i`` asked for (with repeats). A

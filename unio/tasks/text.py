@@ -12,7 +12,7 @@ from .. import viz
 from ..errors import TaskError
 from ..metrics import bleu4, cider, exact_match, normalize_answer, vqa_accuracy
 from .registry import register
-from .base import Example, Task, TaskContext, check_box, pick, short
+from .base import Example, Task, TaskContext, box_list, check_box, fmt_box, one_object, pick, short
 
 VQA_HUMANS = 10   # the VQAv2 rule needs the 10 human answers of VQAv2
 
@@ -23,11 +23,6 @@ def _texts(value) -> list[str]:
     if isinstance(value, str):
         return [value] if value.strip() else []
     return [str(v) for v in value if str(v).strip()]
-
-
-def box_list(box) -> list[float] | None:
-    """A box as JSON: 4 numbers rounded to 0.01 px (None stays None)."""
-    return None if box is None else [round(float(v), 2) for v in np.ravel(tuple(box))]
 
 
 class TextTask(Task):
@@ -203,16 +198,3 @@ class DescribeRegion(Described):
         truth = (example.meta.get("references") or [""])[0]
         return [(viz.boxes_panel(image, [example.meta["box"]], colors=[viz.TRUTH], scale=scale),
                  f"{self.name}: {short(result, 60)} (truth: {truth})")]
-
-
-def one_object(sample: dict, rng) -> dict:
-    """The sample narrowed to one seeded object, with its referring expressions (region tasks)."""
-    if not sample.get("objects"):
-        return sample
-    k = int(rng.integers(len(sample["objects"])))
-    refexps = [(e, 0) for e, i in sample.get("refexps") or [] if int(i) == k]
-    return {**sample, "objects": [sample["objects"][k]], "refexps": refexps}
-
-
-def fmt_box(box) -> str:
-    return "none" if box is None else "(" + ", ".join(f"{float(v):.0f}" for v in box) + ")"
