@@ -12,6 +12,7 @@ from PIL import Image
 
 from unio import cli
 from unio.errors import DataError, InputError, TaskError
+from unio.data.shapes import ShapesWorld
 from unio.data.specs import parse_data_spec
 from unio.evaluate import _rng, evaluate, format_table
 from unio.tasks.image_gen import GenerateImage, consistency, requested_labels
@@ -30,8 +31,9 @@ DOCUMENTED = {
     "classify_region": ["accuracy"],
     "segment": ["miou"],
     "depth": ["absrel", "rmse", "delta1", "absrel_all"],
-    "inpaint": ["psnr"],
-    "generate_image": ["consistency", "object_recall", "reference_consistency", "reference_object_recall"],
+    "inpaint": ["psnr", "judged_accuracy"],
+    "generate_image": ["consistency", "all_found", "object_recall", "extra_rate", "reference_consistency",
+                       "reference_object_recall", "self_consistency", "self_object_recall"],
 }
 
 
@@ -78,7 +80,8 @@ def test_same_model_and_spec_give_the_same_numbers(pipe, results):
     again = evaluate(pipe, "shapes:1", tasks=["vqa", "ground", "generate_image", "inpaint"], n=2, batch_size=2,
                      progress=False)
     for task in ("vqa", "ground", "generate_image", "inpaint"):
-        strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+        strip = lambda m: {k: "nan" if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+                           for k, v in m.items() if k != "seconds"}
         assert strip(again[task]) == strip(results[task]), task
 
 
@@ -118,8 +121,9 @@ def test_per_example_records_add_up_to_the_metrics(tmp_path):
     assert mean("depth", "absrel") == pytest.approx(res["depth"]["absrel"])
     assert mean("inpaint", "psnr") == pytest.approx(res["inpaint"]["psnr"])
     gen = by_task["generate_image"]
-    assert np.mean([r["found"] == len(r["requested"]) for r in gen]) == pytest.approx(
-        res["generate_image"]["consistency"])
+    assert np.mean([r["judged_ok"] for r in gen]) == pytest.approx(res["generate_image"]["consistency"])
+    assert all(isinstance(r["seen"], list) for r in gen)
+    assert mean("inpaint", "judged_ok") == pytest.approx(res["inpaint"]["judged_accuracy"])
     assert all(0.0 <= r["score"] <= 1.0 for r in by_task["classify"])
     seg = by_task["segment"][0]  # masks are COCO RLE that pycocotools reads back
     pred = mask_utils.decode({"size": seg["prediction"]["size"], "counts": seg["prediction"]["counts"].encode()})
@@ -211,31 +215,34 @@ def test_consistency_counts_requested_objects_found():
     assert "by_objects 1:0.5000,2:1.0000" in format_table({"generate_image": {**got, "n": 3, "seconds": 1.0}})
 
 
-def test_generate_image_reference_runs_the_detector_on_the_target_codes():
-    """The reference figures score the decoded target codes (example.labels) with the same rule."""
+def test_generate_image_is_judged_without_the_model_and_its_detector_is_only_a_diagnostic():
+    """consistency and reference_* come from the non-learned judge (the real image passes, a blank
+    one fails); the model's own detector only fills the self_* figures."""
+    world = ShapesWorld(64, seed=4)
+    sample = world[0]
+    real, blank = sample["image"], Image.new("RGB", (64, 64), (220, 220, 215))
+
     class Pipe:
         ctx = object()
         seen: list = []
 
         def run(self, task, images, batch_size=None):
             self.seen.extend(images)
-            # only decoded targets show their objects; generated images show nothing
-            return [[Detection((0, 0, 5, 5), "red circle", 0.9)] if im.startswith("target") else [] for im in images]
+            return [[Detection((0, 0, 5, 5), o["label"], 0.9) for o in sample["objects"]] for _ in images]
 
     class Task(GenerateImage):
         def parse(self, ids, ctx, info=None, **kw):
             assert ctx is Pipe.ctx
-            return f"target{ids}"
+            return real
 
-    ex = lambda ids: type("E", (), {"labels": ids, "meta": {"text": "a red circle"}})()  # noqa: E731
-    sample = {"objects": [{"label": "red circle"}]}
+    ex = type("E", (), {"labels": [5, 1], "meta": {"text": sample["caption"]}})()
     pipe = Pipe()
-    got = Task().metric(["generated0", "generated1"], [ex([5, 1]), ex([6, 1])], [sample, sample], judge=pipe)
-    assert got.pop("per_example") == [{"requested": ["red circle"], "found": 0}] * 2
-    assert got["consistency"] == 0 and got["object_recall"] == 0
-    assert got["reference_consistency"] == 1 and got["reference_object_recall"] == 1
-    assert got["by_objects"] == {"1": 0.0} and got["reference_by_objects"] == {"1": 1.0}
-    assert pipe.seen == ["generated0", "generated1", "target[5, 1]", "target[6, 1]"]
+    got = Task().metric([real, blank], [ex, ex], [sample, sample], judge=pipe)
+    assert [p["judged_ok"] for p in got.pop("per_example")] == [True, False]
+    assert got["consistency"] == 0.5 and got["reference_consistency"] == 1.0
+    assert got["self_consistency"] == 1.0  # the detector stand-in "finds" everything, even in the blank picture
+    assert pipe.seen == [real, blank]      # the detector read the predictions, never the references
+    assert "self_consistency" not in Task().metric([real], [ex], [sample], judge=None)
 
 
 def test_requested_objects_are_the_labels_the_text_names():
@@ -405,3 +412,25 @@ def test_cli_missing_model(tmp_path, capsys):
     assert cli.main(["eval", "--model", str(tmp_path / "none"), "--n", "1"]) == 2
     err = capsys.readouterr().err
     assert "neither an export directory nor a shipped model" in err and "Traceback" not in err
+
+
+def test_means_get_95_percent_intervals_and_bootstrap_covers_the_headline(pipe, results):
+    for task in ("caption", "vqa", "classify", "ground", "segment", "depth", "generate_image", "inpaint"):
+        m = results[task]
+        for metric in get_task(task).means:
+            lo, hi = m[f"{metric}_ci95"]
+            assert lo <= m[metric] <= hi, (task, metric)
+    assert "map50_ci95" not in results["detect"]  # not a mean over examples: only with bootstrap
+    again = evaluate(pipe, "shapes:1", tasks=["detect", "classify"], n=4, batch_size=4, progress=False, bootstrap=20)
+    lo, hi = again["detect"]["map50_ci95"]
+    assert 0 <= lo <= hi <= 1 and again["run"]["bootstrap"] == 20
+    acc = again["classify"]["accuracy"]
+    assert f"accuracy {acc:.4f} [" in format_table(again)
+
+
+def test_interval_of_a_known_mean():
+    from unio.evaluate import intervals
+    task = get_task("classify")
+    rows = [{"correct": i < 80} for i in range(100)]
+    (lo, hi), = intervals(task, rows, [], [], []).values()
+    assert lo < 0.8 < hi and 0.70 < lo and hi < 0.88  # the normal approximation gives 0.72..0.88

@@ -8,9 +8,10 @@ Each task runs the same path, whatever the task: held-out samples -> ``task.pick
 seeded question / expression / object of the sample) -> ``task.build(sample, ctx, rng=None)``
 (the canonical prompt and the ground truth in ``example.meta``) -> batched generation through
 ``Pipeline.run`` (the path users get; its inputs read from ``example.meta``) -> ``task.metric``,
-which reports every figure of the task (each task's docstring says which). Judges: a figure that
-needs another reading of a prediction (text-to-image consistency reads the generated picture
-with a detector) gets the pipeline under test as its judge, which makes it a diagnostic of the
+which reports every figure of the task (each task's docstring says which). Judges: text-to-image
+and inpainting are read by a non-learned judge of shapes-world pictures
+(:mod:`unio.data.shapes_judge`), never by the model under test; ``task.metric`` also gets the
+pipeline under test, and a figure it reads with it is named ``self_*``: a diagnostic of the
 model reading its own output, not an independent measurement.
 
 Every task entry also has ``n`` (examples scored) and ``seconds`` (building, generation and
@@ -24,7 +25,7 @@ examples), ``sample`` (the index of its sample in the data), ``prompt``, then th
 ``example_record``: ``prediction`` (text; a label with its ``score``; detections; a box; a
 segmentation mask as COCO RLE; ``null`` for depth maps and images), ``truth``, and the
 example's own figure where the task has one (``exact_match``, ``accuracy``, ``correct``,
-``iou``, ``absrel``, ``psnr``, or ``found`` of ``requested`` for text-to-image).
+``iou``, ``absrel``, ``psnr``, ``judged_ok`` for images, with what the judge read).
 """
 from __future__ import annotations
 
@@ -206,7 +207,7 @@ def _n_for(n, name: str) -> int:
 
 def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 32, *, device=None, seed: int = 0,
              options: dict | None = None, progress: bool = True, return_details: bool = False,
-             predictions=None):
+             predictions=None, bootstrap: int = 0):
     """Evaluate ``model`` (an export directory, a shipped model name or a :class:`~unio.Pipeline`)
     on ``data`` (see :func:`parse_data_spec`), task by task.
 
@@ -220,6 +221,13 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
     e.g. mAP without ground-truth boxes); with ``return_details`` also ``{task: (examples,
     samples, predictions)}``. ``predictions``: a path for the per-example JSON lines (see the
     module's documentation), recorded under ``run.predictions``.
+
+    95% confidence intervals: every metric that is a mean over examples (``task.means``) gets
+    ``METRIC_ci95`` = [low, high], the 2.5th and 97.5th percentiles of the metric over 2,000
+    resamples of the examples with replacement (percentile bootstrap, Efron & Tibshirani 1993);
+    ``bootstrap=B`` (``--bootstrap B``) also resamples the examples B times for the task's
+    headline where it is not such a mean (mAP, CIDEr), scoring each resample again without the
+    model (slower: B scorings).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -264,13 +272,15 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         with tqdm(total=len(examples), desc=f"{task.name:<16}", disable=not progress, leave=False) as bar:
             predictions = _predict(pipe, task, examples, used, batch_size, seed, bar, task_options[task.name])
         metrics, per_example = _score(pipe, task, predictions, examples, used)
+        rows = _records(task, examples, used, indices, predictions, per_example)
+        metrics.update(intervals(task, rows, predictions, examples, used, bootstrap, seed))
         metrics.update(n=len(examples), seconds=round(time.perf_counter() - start, 3))
         if bad:
             metrics["bad_samples"] = bad
         results[task.name] = metrics
         details[task.name] = (examples, used, predictions)
         if predictions_path is not None:
-            records.extend(_records(task, examples, used, indices, predictions, per_example))
+            records.extend(rows)
     results["run"] = {
         "model": str(model) if not isinstance(model, Pipeline) else str(pipe.meta.get("path", "<Pipeline>")),
         "data": spec_text(data, entry), "data_entry": entry, "tasks": list(results), "seed": int(seed),
@@ -279,11 +289,42 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         "versions": _versions(), "seconds": round(time.perf_counter() - start_all, 3),
         "skipped_tasks": skipped_tasks,
         "options": {("*" if k is None else k): dict(v) for k, v in options.items()},
+        "bootstrap": int(bootstrap),
         "task_defaults": getattr(pipe, "task_defaults", {}),
     }
     if predictions_path is not None:
         results["run"]["predictions"] = str(write_jsonl(records, predictions_path))
     return (results, details) if return_details else results
+
+
+MEAN_RESAMPLES = 2000
+
+
+def intervals(task, rows: list[dict], predictions, examples, samples, bootstrap: int = 0, seed: int = 0) -> dict:
+    """``{METRIC_ci95: [low, high]}``: percentile-bootstrap 95% intervals of the task's mean metrics
+    (from the per-example ``rows``) and, with ``bootstrap`` > 0, of its headline by scoring
+    ``bootstrap`` resamples again (``task.metric`` without a judge)."""
+    rng = np.random.default_rng([int(seed), zlib.crc32(task.name.encode()), 95])
+    out: dict[str, list[float]] = {}
+    for metric, key in task.means.items():
+        values = np.array([float(r[key]) for r in rows if isinstance(r.get(key), (bool, int, float, np.floating))
+                           and r.get(key) is not None], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values) >= 2:
+            means = values[rng.integers(0, len(values), (MEAN_RESAMPLES, len(values)))].mean(axis=1)
+            out[f"{metric}_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    headline = task.headline
+    if bootstrap and headline and headline not in task.means and len(examples) >= 2:
+        figures = []
+        for _ in range(int(bootstrap)):
+            idx = rng.integers(0, len(examples), len(examples))
+            got = task.metric([predictions[i] for i in idx], [examples[i] for i in idx],
+                              [samples[i] for i in idx], judge=None).get(headline)
+            if isinstance(got, (int, float)) and math.isfinite(got):
+                figures.append(float(got))
+        if figures:
+            out[f"{headline}_ci95"] = [float(np.percentile(figures, 2.5)), float(np.percentile(figures, 97.5))]
+    return out
 
 
 # ---------------------------------------------------------------------- output
@@ -301,7 +342,9 @@ def format_table(results: dict) -> str:
     for name, m in results.items():
         if name == "run" or not isinstance(m, dict):
             continue
-        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in m.items() if k not in ("n", "seconds"))
+        shown = "  ".join(f"{k} {_fmt(v)}" + (f" [{_fmt(m[k + '_ci95'][0])}, {_fmt(m[k + '_ci95'][1])}]"
+                                                 if isinstance(m.get(k + "_ci95"), list) else "")
+                          for k, v in m.items() if k not in ("n", "seconds") and not k.endswith("_ci95"))
         rows.append((name, str(m.get("n", "")), f"{float(m.get('seconds', float('nan'))):.1f}", shown))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
@@ -354,7 +397,7 @@ def main(args) -> int:
     options = parse_options(getattr(args, "options", None))
     results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
                        device=args.device, seed=getattr(args, "seed", 0), options=options,
-                       predictions=getattr(args, "predictions", None))
+                       predictions=getattr(args, "predictions", None), bootstrap=getattr(args, "bootstrap", 0) or 0)
     print(format_table(results))
     if results["run"].get("predictions"):
         print(f"wrote {results['run']['predictions']}")

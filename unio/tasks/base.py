@@ -205,6 +205,7 @@ class Task:
     text_input: str | None = None
     options: dict[str, Option] = {}
     headline: str = ""
+    means: dict[str, str] = {}              # metric -> the per-example record key it is the mean of (CIs)
     writes_image: bool = False
     prompts: dict | None = None
     needs_image: bool = True

@@ -53,6 +53,7 @@ class Classify(Task):
     kind = "image"           # which class list of the model applies
     options = {"labels": Option("labels", doc="the label set to choose from (default: the model's classes)")}
     headline = "accuracy"
+    means = {"accuracy": "correct"}
     needs_scores = True
     max_new_tokens = 16
 

@@ -80,6 +80,7 @@ class Segment(DenseTask):
     placeholders = frozenset({"expression"})
     inputs = ("expression",)
     headline = "miou"
+    means = {"miou": "iou"}
 
     def pick_item(self, sample, rng):
         return one_expression(sample, rng, with_mask=True)
@@ -138,6 +139,7 @@ class Depth(DenseTask):
 
     name = "depth"
     headline = "absrel"
+    means = {"absrel": "absrel"}
     picture_files = (*IMAGE_EXTENSIONS, ".npy")
 
     def can_build(self, sample: dict) -> bool:

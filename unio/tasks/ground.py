@@ -48,6 +48,7 @@ class Ground(Task):
     placeholders = frozenset({"expression"})
     inputs = ("expression",)
     headline = "acc50"
+    means = {"acc50": "hit50", "mean_iou": "iou"}
     max_new_tokens = 5
 
     def pick_item(self, sample, rng):
@@ -91,7 +92,7 @@ class Ground(Task):
     def example_record(self, prediction, example, sample) -> dict:
         m = example.meta
         return {"prediction": box_list(prediction), "truth": box_list(m["box"]), "expression": m.get("expression"),
-                "iou": iou(prediction, m["box"])}
+                "iou": iou(prediction, m["box"]), "hit50": iou(prediction, m["box"]) >= 0.5}
 
     def to_record(self, result, inputs, files, stem) -> dict:
         return {"expression": inputs.get("expression"), "box": box_list(result)}

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from .. import viz
+from ..data.shapes_judge import judge_many, read_picture, read_text
 from ..errors import InputError, TaskError
 from ..images import IMAGE_EXTENSIONS, Letterbox, letterbox, load_image
 from ..metrics import psnr, text_recall
@@ -121,6 +122,7 @@ class GenerateImage(ImageTask):
         "size": Option("size", doc="(width, height) of the returned picture"),
     }
     headline = "consistency"
+    means = {"consistency": "judged_ok"}
     needs_image = False
 
     def __init__(self, p_uncond: float = 0.1):
@@ -217,18 +219,31 @@ class GenerateImage(ImageTask):
 
     # -- scoring
     def metric(self, predictions, examples, samples=None, judge=None) -> dict:
-        """Text-to-image ``consistency`` read by ``judge``'s detector (see :func:`consistency`), and
-        the same on the tokenizer's reconstructions of the real images (``reference_*``)."""
-        if judge is None:
-            return super().metric(predictions, examples)
-        requested = [requested_labels(e, s) for e, s in zip(examples, samples or [{}] * len(examples))]
-        found: list = []
-        metrics = consistency(judge, predictions, requested, found_out=found)
-        reference = consistency(judge, [self.parse(e.labels, judge.ctx) for e in examples], requested)
-        metrics["reference_consistency"] = reference["consistency"]
-        metrics["reference_object_recall"] = reference["object_recall"]
-        metrics["reference_by_objects"] = reference["by_objects"]
-        metrics["per_example"] = [{"requested": r, "found": f} for r, f in zip(requested, found)]
+        """Text-to-image figures read by the non-learned shapes judge (:mod:`unio.data.shapes_judge`):
+        ``consistency`` (everything the text says holds and nothing else is drawn), ``all_found``,
+        ``object_recall``, ``extra_rate``, ``position_accuracy``, ``by_objects``, and the same on the
+        image tokenizer's reconstructions of the real images (``reference_*``: the ceiling the
+        tokenizer leaves a generator). Texts that name no shapes-world object are not judged (NaN).
+
+        ``self_consistency`` (with ``self_object_recall``, ``self_by_objects``) is a diagnostic only:
+        the model under test (``judge``, the pipeline) reading its own pictures with its detector."""
+        texts = [str(e.meta.get("text", "")) for e in examples]
+        judged = judge_many(predictions, texts)
+        verdicts = judged.pop("verdicts")
+        metrics = {"psnr": super().metric(predictions, examples)["psnr"], **judged}
+        ctx = getattr(judge, "ctx", None)  # decodes the real images' codes; it judges nothing
+        if ctx is not None and all(e.labels for e in examples):
+            reference = judge_many([self.parse(e.labels, ctx) for e in examples], texts)
+            metrics.update({f"reference_{k}": v for k, v in reference.items()
+                            if k in ("consistency", "all_found", "object_recall", "by_objects")})
+        if judge is not None:
+            requested = [requested_labels(e, s) for e, s in zip(examples, samples or [{}] * len(examples))]
+            own = consistency(judge, predictions, requested)
+            metrics.update({"self_consistency": own["consistency"], "self_object_recall": own["object_recall"],
+                            "self_by_objects": own["by_objects"]})
+        metrics["per_example"] = [{} if v is None else
+                                  {"judged_ok": v.ok, "wanted": v.wanted, "found": v.found, "extra": v.extra,
+                                   "position_ok": v.relation_ok, "seen": v.seen} for v in verdicts]
         return metrics
 
     def example_record(self, prediction, example, sample) -> dict:
@@ -240,18 +255,16 @@ class GenerateImage(ImageTask):
         return {"text": inputs["text"], "image_png": str(files / f"{stem}.png")}
 
     def summary(self, prediction, example, judge=None) -> tuple[str, str]:
-        if judge is None:
-            return short(example.meta["text"]), f"a {prediction.width}x{prediction.height} picture"
-        dets = sorted(judge.run(Detect.name, prediction), key=lambda d: -d.score)[:3]
-        return short(example.meta["text"]), ", ".join(f"{d.label} {d.score:.2f}" for d in dets) or "(nothing detected)"
+        """The text, and what the non-learned shapes judge reads in the picture."""
+        seen = read_picture(prediction)
+        said = ", ".join(o.label or f"unrecognised {o.color} shape" for o in seen[:4]) or "(no object)"
+        return short(example.meta["text"]), f"judge reads: {said}"
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         text = example.meta["text"] if example is not None else (inputs or {}).get("text", "")
-        if judge is None:
-            return [(viz.enlarge(result, scale), f"generate: '{short(text, 60)}'")]
-        dets = sorted(judge.run(Detect.name, result), key=lambda d: -d.score)[:6]
-        return [(viz.boxes_panel(result, [d.box for d in dets], [d.label for d in dets], [d.score for d in dets],
-                                 scale=scale), f"generate: '{text}' (boxes: its detector)")]
+        seen = read_picture(result)
+        return [(viz.boxes_panel(result, [o.box for o in seen], [o.label or "?" for o in seen], [o.fit for o in seen],
+                                 scale=scale), f"generate: '{short(text, 60)}' (boxes: the shapes judge)")]
 
 
 def consistency(judge, images, requested: list[list[str]], batch_size: int = 32,
@@ -316,6 +329,7 @@ class Inpaint(ImageTask):
     placeholders = frozenset({"region", "text"})
     inputs = ("box", "text")
     headline = "psnr"
+    means = {"psnr": "psnr", "judged_accuracy": "judged_ok"}
 
     def pick_item(self, sample, rng):
         return one_object(sample, rng)
@@ -361,10 +375,19 @@ class Inpaint(ImageTask):
         return out
 
 
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        """``psnr`` inside the box against the original, and ``judged_accuracy``: the share of
+        inpainted pictures in which the non-learned shapes judge finds the object the text asks for
+        (every attribute it gives) centred inside the box (NaN where no text names a shapes object)."""
+        read = [inpainted_as_asked(p, e) for p, e in zip(predictions, examples)]
+        judged = [r for r in read if r is not None]
+        return {**super().metric(predictions, examples),
+                "judged_accuracy": float(np.mean(judged)) if judged else float("nan"),
+                "per_example": [{"psnr": box_psnr(p, e), "judged_ok": r} for p, e, r in zip(predictions, examples, read)]}
+
     def example_record(self, prediction, example, sample) -> dict:
         m = example.meta
-        return {"prediction": None, "truth": None, "text": m.get("text"), "box": box_list(m.get("box")),
-                "psnr": box_psnr(prediction, example)}
+        return {"prediction": None, "truth": None, "text": m.get("text"), "box": box_list(m.get("box"))}
 
     def to_record(self, result, inputs, files, stem) -> dict:
         files.mkdir(parents=True, exist_ok=True)
@@ -387,6 +410,22 @@ class Inpaint(ImageTask):
                  f"inpaint: input, '{m['text']}'"),
                 (viz.boxes_panel(result, [m["box"]], colors=[viz.PRED], scale=scale),
                  f"inpaint: PSNR {box_psnr(result, example):.1f} dB in the box")]
+
+
+def inpainted_as_asked(picture, example) -> bool | None:
+    """Does the shapes judge find, in an inpainted picture, the object the text asks for with its
+    centre inside the box? None when the text names no shapes-world object."""
+    claims = read_text(str(example.meta.get("text", "")))
+    if claims is None:
+        return None
+    x1, y1, x2, y2 = example.meta["box"]
+    want = claims.objects[0]
+    for o in read_picture(picture):
+        cx, cy = o.box_center
+        if x1 <= cx <= x2 and y1 <= cy <= y2 and o.shape == want[2] and want[1] in (None, o.color) \
+                and want[0] in (None, o.size):
+            return True
+    return False
 
 
 def box_patches(box, info: Letterbox, ctx: TaskContext) -> np.ndarray:

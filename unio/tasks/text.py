@@ -65,6 +65,7 @@ class Described(TextTask):
 class Caption(Described):
     name = "caption"
     headline = "exact_match"
+    means = {"exact_match": "exact_match"}
     max_new_tokens = 48
 
     def can_build(self, sample: dict) -> bool:
@@ -89,6 +90,7 @@ class VQA(TextTask):
     placeholders = frozenset({"question"})
     inputs = ("question",)
     headline = "accuracy"
+    means = {"accuracy": "accuracy"}
     max_new_tokens = 16
 
     def pick_item(self, sample, rng):
@@ -161,6 +163,7 @@ class DescribeRegion(Described):
     placeholders = frozenset({"region"})
     inputs = ("box",)
     headline = "cider"
+    means = {"exact_match": "exact_match"}
     max_new_tokens = 24
 
     def pick_item(self, sample, rng):

@@ -1,7 +1,10 @@
 """Held-out quality of the VQ image tokenizer, as its trainer (``unio tokenizer image``) records it
 at every evaluation and ``benchmarks/vq_quality.py`` measures it: PSNR of RGB round trips (per
 image, :func:`unio.metrics.psnr`), codebook usage and perplexity, depth AbsRel / RMSE and mask IoU
-of depth maps and masks drawn as images, from the codes alone and refined with the picture."""
+of depth maps and masks drawn as images, from the codes alone and refined with the picture; on the
+shapes world also ``judge``: the share of reconstructions that the non-learned shapes judge
+(:mod:`unio.data.shapes_judge`) reads as their caption says (the ceiling the tokenizer leaves
+text-to-image), beside ``judge_real``, the same judge on the real pictures (its calibration)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +12,7 @@ import torch
 
 from ..data.pictures import GuidedPictures, make_pictures
 from ..data.shapes import ShapesWorld
+from ..data.shapes_judge import judge as judge_text
 from ..metrics import depth_metrics, psnr
 from ..tokenizers.dense import depth_to_image, mask_to_image
 from ..tokenizers.image import ImageTokenizer
@@ -37,16 +41,22 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
         dense = False
     lo, hi = tok.depth_range
     psnrs, rgb_codes, all_codes, absrel, rmse, ious = [], [], [], [], [], []
+    judged, judged_real = [], []
     refined: dict[str, list[float]] = {"depth_absrel": [], "depth_rmse": [], "mask_iou": []}
 
     def flush(batch):
         rgb = torch.from_numpy(np.stack([_rgb(s["image"]) for s in batch]))
         codes = tok.encode(rgb)
-        psnrs.append(psnr(tok.decode(codes).cpu(), rgb, per_image=True))
+        decoded = tok.decode(codes).cpu()
+        psnrs.append(psnr(decoded, rgb, per_image=True))
         rgb_codes.append(codes.cpu())
         all_codes.append(codes.cpu())
         if not dense:
             return
+        pictures = (decoded.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for s, picture in zip(batch, pictures):
+            judged.append(judge_text(picture, s["caption"]).ok)
+            judged_real.append(judge_text(np.asarray(s["image"].convert("RGB")), s["caption"]).ok)
         depth = np.stack([s["depth"] for s in batch])
         codes = tok.encode(torch.from_numpy(depth_to_image(depth, hi, min_depth=lo)))
         all_codes.append(codes.cpu())
@@ -84,7 +94,8 @@ def evaluate(tok: ImageTokenizer, source="shapes", n: int = 500, seed: int = 1, 
            "usage": rgb_usage["usage"], "perplexity": rgb_usage["perplexity"]}
     if dense:
         every = tok.codebook_usage(torch.cat(all_codes))
-        out.update({"depth_absrel": float(np.mean(absrel)), "depth_rmse": float(np.mean(rmse)),
+        out.update({"judge": float(np.mean(judged)), "judge_real": float(np.mean(judged_real)),
+                    "depth_absrel": float(np.mean(absrel)), "depth_rmse": float(np.mean(rmse)),
                     "mask_iou": float(np.mean(ious)), "masks": len(ious),
                     "usage_all": every["usage"], "perplexity_all": every["perplexity"]})
         out.update({f"{k}_refined": float(np.mean(v)) for k, v in refined.items() if v})
