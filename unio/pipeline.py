@@ -22,6 +22,7 @@ from .data.collate import collate
 from .errors import CheckpointError, InputError, TaskError, UnioError
 from . import export
 from .export import META_NAME, export_path, load_export
+from .backends.ort import load_onnx_export
 from .images import check_box, letterbox, load_image
 from .model.decoding import greedy_decode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
@@ -37,6 +38,9 @@ _MOVED = {name: "unio.export" for name in ("save_export", "read_meta", "load_exp
                                              "swap_image_tokenizer", "list_models", "EXPORT_FILES")}
 
 
+READ_SIDE = 4  # images are decoded with a long side of at least this many times the model's input side
+
+
 def __getattr__(name: str):
     if name in _MOVED:
         warnings.warn(f"unio.pipeline.{name} moved to {_MOVED[name]}.{name}; import it from there",
@@ -49,16 +53,21 @@ LEAN_OPTIONS = frozenset({"max_new_tokens", "do_sample", "num_beams"})  # what g
 CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
 
 
-def load(name_or_dir, device=None, dtype=None, device_map=None, batch_size: int = 16) -> "Pipeline":
+def load(name_or_dir, device=None, dtype=None, device_map=None, batch_size: int = 16,
+         backend: str = "torch") -> "Pipeline":
     """A :class:`Pipeline` from an export directory or the name of a shipped model (``list_models()``).
 
     Device and dtype are automatic (CUDA + bfloat16 when available, else CPU + float32); pass
     ``device``/``dtype`` to override, or ``device_map="auto"`` to spread a large model over devices
-    (through accelerate, as transformers does).
+    (through accelerate, as transformers does). ``backend="onnxruntime"`` runs the ONNX graphs that
+    ``unio export DIR OUT --onnx`` wrote instead (:mod:`unio.backends.ort`; beam search needs torch).
     """
     path = export_path(name_or_dir)
-    model, ctx, meta = load_export(path, device=device, dtype=dtype, device_map=device_map)
-    return Pipeline(model, ctx, {**meta, "path": str(path)}, batch_size=batch_size)
+    if backend not in ("torch", "onnxruntime"):
+        raise InputError(f"unknown backend {backend!r}; choose torch or onnxruntime")
+    loader = load_export if backend == "torch" else load_onnx_export
+    model, ctx, meta = loader(path, device=device, dtype=dtype, device_map=device_map)
+    return Pipeline(model, ctx, {**meta, "path": str(path), "backend": backend}, batch_size=batch_size)
 
 
 @dataclass
@@ -95,7 +104,7 @@ class Pipeline:
         self.lean = True       # greedy decoding through unio.model.decoding (False: transformers' generate)
 
     def __repr__(self) -> str:
-        n = sum(p.numel() for p in self.model.parameters())
+        n = self.model.num_parameters()
         return (f"Pipeline({n / 1e6:.1f}M parameters, image_size={self.ctx.image_size}, device={self.device}, "
                 f"dtype={self.dtype}, tasks={self.tasks})")
 
@@ -148,11 +157,14 @@ class Pipeline:
             batch = _is_batch(image)
             asks = {k: _count(k, v) for k, v in inputs.items()} if not batch else {}
             many = max((c for c in asks.values() if c is not None), default=None)
+            # A file far larger than the model's input is decoded small (JPEG draft), and answers
+            # still come back in its own pixels; tasks answering with a full-size picture read it all.
+            side = None if t.picture_files else READ_SIDE * self.ctx.image_size
             if many is not None:  # one image, a list of questions / expressions / boxes: read it once
-                one = load_image(image)
+                one = load_image(image, max_side=side)
                 batch, rows = True, [{"image": one}] * many
             else:
-                rows = [{"image": load_image(im)} for im in (list(image) if batch else [image])]
+                rows = [{"image": load_image(im, max_side=side)} for im in (list(image) if batch else [image])]
         else:
             batch = not isinstance(inputs[t.text_input], str)
             rows = [{}] * (len(inputs[t.text_input]) if batch else 1)

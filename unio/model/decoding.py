@@ -10,6 +10,9 @@ constrain the next id, e.g. :class:`~unio.tasks.constraints.GuidedSampler` for i
 argmax, exactly as ``generate``'s greedy loop does: same modules, same order, same dtype, so the
 output ids are the same (tests/test_decoding.py compares them, with and without processors,
 guidance and scores). Beam search and transformers' own sampling stay with ``generate``.
+The loop itself, :func:`decode`, runs over any object that gives next-token logits step by step
+(:class:`TorchSteps` for the network; the onnxruntime backend, :mod:`unio.backends.ort`, brings
+its own graphs' steps, greedy or sampled, through the same loop and processors).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StaticCache", "greedy_decode", "Decoded"]
+__all__ = ["StaticCache", "TorchSteps", "greedy_decode", "decode", "Decoded"]
 
 
 class _Self:
@@ -80,35 +83,71 @@ class Decoded:
     logits: tuple | None = None
 
 
+class TorchSteps:
+    """The network's own decoding steps: its encoder once, then its decoder one token at a time into a
+    :class:`StaticCache` allocated for ``max_new_tokens``; each call returns the next-token logits."""
+
+    def __init__(self, model, max_new_tokens: int, pixel_values=None, input_ids=None, attention_mask=None,
+                 patch_mask=None, has_image=None):
+        config = model.config
+        enc = model.get_encoder()(pixel_values, input_ids, attention_mask, patch_mask, has_image)
+        self.model, self.states, self.enc_mask = model, enc.last_hidden_state, enc.attention_mask
+        self.batch, self.device = self.states.shape[0], self.states.device
+        self.cache = StaticCache(config, self.batch, max_new_tokens, self.states.dtype, self.device)
+        self.weight = model.shared.weight
+        self.bias = None
+        if config.used_vocab_size < config.vocab_size:  # padding ids are never predicted (as forward does)
+            self.bias = self.weight.new_zeros(config.vocab_size)
+            self.bias[config.used_vocab_size:] = float("-inf")
+
+    def __call__(self, last_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 1) ids of the last step -> (B, V) float32 logits of the next one."""
+        h, _ = self.model.decoder(last_ids, self.states, self.enc_mask, None, self.cache, False)
+        return F.linear(h[:, -1], self.weight, self.bias).to(torch.float32)  # a copy, as generate takes it
+
+
 @torch.inference_mode()
 def greedy_decode(model, *, max_new_tokens: int, logits_processor=(), eos_token_id: int, pad_token_id: int,
                   decoder_start_token_id: int, want_scores: bool = False, pixel_values=None, input_ids=None,
                   attention_mask=None, patch_mask=None, has_image=None) -> Decoded:
     """Greedy decoding of ``model`` (a :class:`~unio.model.UnioForConditionalGeneration`) for at most
-    ``max_new_tokens``, stopping when every row has written ``eos_token_id``."""
-    config = model.config
-    enc = model.get_encoder()(pixel_values, input_ids, attention_mask, patch_mask, has_image)
-    states, enc_mask = enc.last_hidden_state, enc.attention_mask
-    B, device = states.shape[0], states.device
-    cache = StaticCache(config, B, max_new_tokens, states.dtype, device)
-    weight = model.shared.weight
-    bias = None
-    if config.used_vocab_size < config.vocab_size:  # padding ids are never predicted (as forward does)
-        bias = weight.new_zeros(config.vocab_size)
-        bias[config.used_vocab_size:] = float("-inf")
+    ``max_new_tokens``, stopping when every row has written ``eos_token_id``.
+
+    A stand-in for the network that runs it elsewhere (``unio.backends.ort.OnnxModel``) brings its
+    own steps through a ``decode_steps(max_new_tokens, **inputs)`` method; the loop is the same."""
+    inputs = dict(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                  patch_mask=patch_mask, has_image=has_image)
+    own = getattr(model, "decode_steps", None)
+    steps = own(max_new_tokens, **inputs) if own is not None else TorchSteps(model, max_new_tokens, **inputs)
+    return decode(steps, max_new_tokens=max_new_tokens, logits_processor=logits_processor,
+                  eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                  decoder_start_token_id=decoder_start_token_id, want_scores=want_scores)
+
+
+@torch.inference_mode()
+def decode(steps, *, max_new_tokens: int, logits_processor=(), eos_token_id: int, pad_token_id: int,
+           decoder_start_token_id: int, want_scores: bool = False, do_sample: bool = False,
+           generator: torch.Generator | None = None) -> Decoded:
+    """The decoding loop over ``steps`` (``steps.batch`` rows on ``steps.device``; ``steps(last_ids)``
+    -> (B, V) float32 logits): the processors, then the argmax, or with ``do_sample`` a draw from
+    the softmax of the processed scores (as ``generate``'s sampling does); finished rows get
+    ``pad_token_id``."""
+    B, device = steps.batch, steps.device
     sequences = torch.full((B, 1), decoder_start_token_id, dtype=torch.long, device=device)
     unfinished = torch.ones(B, dtype=torch.long, device=device)
     scores, raw = [], []
     for _ in range(max_new_tokens):
-        h, _ = model.decoder(sequences[:, -1:], states, enc_mask, None, cache, False)
-        logits = F.linear(h[:, -1], weight, bias).to(torch.float32)  # (B, V), a copy as generate takes it
+        logits = steps(sequences[:, -1:])
         processed = logits
         for processor in logits_processor:
             processed = processor(sequences, processed)
         if want_scores:
             scores.append(processed)
             raw.append(logits)
-        next_ids = processed.argmax(-1)
+        if do_sample:
+            next_ids = torch.multinomial(torch.softmax(processed, dim=-1), 1, generator=generator)[:, 0]
+        else:
+            next_ids = processed.argmax(-1)
         next_ids = next_ids * unfinished + pad_token_id * (1 - unfinished)
         sequences = torch.cat([sequences, next_ids[:, None]], dim=-1)
         unfinished = unfinished & (next_ids != eos_token_id).long()
