@@ -361,7 +361,7 @@ def test_bad_requests_get_the_message_the_cli_prints(micro, micro_export, images
     for name in ("broken_image", "truncated", "not_base64", "bad_option", "cli_option", "unknown_option",
                  "missing_input", "bad_box", "unknown_field", "no_image"):
         assert got[name].status_code == 422, name
-    assert "could not read the uploaded image" in got["broken_image"].json()["error"]
+    assert "could not read the uploaded file as an image" in got["broken_image"].json()["error"]
     assert "it takes" in got["unknown_field"].json()["error"]
     # the same words as `unio predict`
     for args, key in [(["count_sheep"], "unknown_task"), (["detect", "--option", "threshold=abc"], "bad_option"),

@@ -12,6 +12,10 @@ downloaded) or, with ``--model DIR``, any export directory, then
 
 Image-output tasks (segment, depth, generate_image, inpaint) decode a whole code grid per image,
 so they get a fifth of ``n`` images.
+
+``unio demo --web [--model M] [--host 127.0.0.1 --port 8000]`` instead serves the model with
+``unio serve``'s server and prints the address of its page, where one uploads an image (or picks a
+shapes-world sample), chooses a task and sees the answer drawn beside its JSON record.
 """
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ from ..pipeline import Pipeline, load
 from ..tasks import get_task
 from ..tasks.base import short
 from ..viz import image_grid
+from .serve import run as run_server
 
-__all__ = ["run_demo", "main", "DEMO_MODEL"]
+__all__ = ["run_demo", "run_web", "main", "DEMO_MODEL"]
 
 DEMO_MODEL = "shapes-demo"
 CELL = 192          # side of one picture on the sheet (shapes images are 64 px: drawn 3x)
@@ -86,8 +91,22 @@ def run_demo(model=None, out="unio-demo", n: int = 50, seed: int = 1000, device=
     return results
 
 
+def run_web(model=None, host: str = "127.0.0.1", port: int = 8000, *, token=None, device=None, threads=1) -> None:
+    """Serve ``model`` (default: the shipped shapes-demo) with its page until interrupted."""
+    def announce(url, pipe):
+        print(f"unio demo: open {url} in a browser to try {name} on your own images or "
+              "on shapes-world samples (Ctrl-C stops)", flush=True)
+
+    name = _demo_model(model)
+    run_server(name, host, port, token=token, device=device, threads=threads, log_level="warning", announce=announce)
+
+
 def main(args) -> int:
-    """``unio demo [--model DIR] [--out DIR] [--n N] [--seed S] [--device D] [--threads T]``."""
+    """``unio demo [--model DIR] [--out DIR] [--n N] [--seed S] [--device D] [--threads T]``, or
+    ``unio demo --web [--model DIR] [--host H] [--port P] [--token T]``."""
+    if getattr(args, "web", False):
+        run_web(args.model, args.host, args.port, token=args.token, device=args.device, threads=args.threads)
+        return 0
     set_threads(getattr(args, "threads", None))
     run_demo(getattr(args, "model", None), out=args.out, n=args.n, seed=args.seed, device=args.device)
     return 0

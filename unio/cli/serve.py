@@ -2,7 +2,8 @@
 --timeout 60 --max-upload-mb 20 --max-pixels N --token T --threads N --device D]``.
 
 Loads the model (an export directory or a shipped model's name), then serves it over HTTP with
-dynamic batching until interrupted (see :mod:`unio.serving`). Everything that can be checked
+dynamic batching until interrupted (see :mod:`unio.serving`), with a page to try it at ``/``
+(``unio demo --web`` is the same server on the shipped shapes-demo model). Everything that can be checked
 before the model loads is: where it may listen (a host beyond this machine needs a token), the
 limits, and that the web stack is installed.
 """
@@ -22,23 +23,34 @@ from ..serving.server import require_web_stack
 
 
 def main(args) -> int:
-    token = resolve_token(args.token)
-    check_bind(args.host, token)
-    require_web_stack()
     limits = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                  timeout=args.timeout, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                  token=token, threads=args.threads)
-    Limits(**limits)                       # a bad limit fails before the model loads
-    _check_port(args.host, args.port)
-    path = export_path(args.model)         # an unknown model name fails here, in a second
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    pipe = unio.load(path, device=args.device)
-    print(f"unio serve: {path} ({', '.join(pipe.tasks)}) on http://{args.host}:{args.port} "
-          f"(batches of up to {args.max_batch}, {args.max_wait_ms:g} ms window"
-          f"{', token required' if token else ''})", file=sys.stderr)
-    serve(pipe, args.host, args.port, log_level=args.log_level, **limits)
+                  timeout=args.timeout, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    run(args.model, args.host, args.port, token=args.token, device=args.device, threads=args.threads,
+        log_level=args.log_level, **limits)
     return 0
+
+
+def run(model, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None, device=None,
+        threads: int | None = None, log_level: str = "info", announce=None, **limits) -> None:
+    """Check what can be checked, load ``model`` and serve it (the API and the page at ``/``) until
+    interrupted. ``announce(url, pipe)``, when given, is called once the model is loaded."""
+    token = resolve_token(token)
+    check_bind(host, token)
+    require_web_stack()
+    limits = {**limits, "token": token, "threads": threads}
+    lim = Limits(**limits)                 # a bad limit fails before the model loads
+    _check_port(host, port)
+    path = export_path(model)              # an unknown model name fails here, in a second
+    if threads:
+        torch.set_num_threads(int(threads))
+    pipe = unio.load(path, device=device)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"unio serve: {path} ({', '.join(pipe.tasks)}) on {url} (batches of up to {lim.max_batch}, "
+          f"{lim.max_wait_ms:g} ms window{', token required' if token else ''}; a page to try it: {url}/)",
+          file=sys.stderr)
+    if announce is not None:
+        announce(f"{url}/", pipe)
+    serve(pipe, host, port, log_level=log_level, **limits)
 
 
 def _check_port(host: str, port: int) -> None:

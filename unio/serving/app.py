@@ -4,6 +4,7 @@
                            task's inputs and ``options`` -> the JSON record ``unio predict`` writes
                            (``?format=coco``: COCO results, for detect)
     GET  /v1/tasks         the model's tasks with their inputs and options
+    GET  /                 a web page to try every task by hand (:mod:`.page`)
     GET  /health           liveness;  GET /ready: the model is loaded;  GET /metrics: Prometheus text
 
 Requests are checked on the event loop (a bad one never reaches the model), then queued for the
@@ -29,6 +30,7 @@ from ..tasks import get_task
 from .batcher import Batcher, Job, QueueFull
 from .inputs import RequestError, jsonable, options_key, read_fields, record_of, served_task, status_of
 from .metrics import CONTENT_TYPE, Metrics
+from .page import add_page, is_page_path
 
 try:  # the optional web stack: unio[serve]
     from fastapi import FastAPI
@@ -140,6 +142,8 @@ def create_app(pipe, **limits):
         if state.pipe is None:
             return _json({"error": "the model is loading; retry when /ready says so"}, 503)
         return _json({"tasks": [_describe(name, state.pipe) for name in state.served]})
+
+    add_page(app)
 
     @app.post("/v1/{task}")
     async def predict(task: str, request: Request):
@@ -352,17 +356,25 @@ def _describe(name: str, pipe) -> dict:
     return jsonable({"name": name, "needs_image": task.needs_image, "inputs": list(task.inputs),
                      "text_input": task.text_input, "writes_image": task.writes_image,
                      "formats": ["json", "coco"] if hasattr(task, "coco_results") else ["json"],
-                     "options": options, "model_defaults": pipe.task_defaults.get(name, {})})
+                     "options": options, "task_options": list(task.options), "prompt": _canonical(pipe, name),
+                     "model_defaults": pipe.task_defaults.get(name, {})})
+
+
+def _canonical(pipe, name: str) -> str | None:
+    """The prompt template the model uses for task ``name`` unless the caller gives one."""
+    prompts = getattr(getattr(pipe, "ctx", None), "prompts", None)
+    return prompts.canonical(name) if prompts is not None and name in prompts else None
 
 
 class _BearerAuth:
-    """Pure ASGI middleware: every path but the probes needs ``Authorization: Bearer <token>``."""
+    """Pure ASGI middleware: every path but the probes and the page's own files (no model output
+    there) needs ``Authorization: Bearer <token>``."""
 
     def __init__(self, app, token: str, metrics: Metrics, state: _State):
         self.app, self.token, self.metrics, self.state = app, token.encode(), metrics, state
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or is_page_path(scope["path"]):
             return await self.app(scope, receive, send)
         header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")
         scheme, _, value = header.partition(b" ")

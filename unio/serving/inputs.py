@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError, TaskError, UnioError
-from ..images import check_box, load_image
+from ..images import check_box, load_image, unreadable
 from ..tasks import get_task, task_names
 from ..tasks.options import parse_options
 
@@ -111,11 +111,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise RequestError(413, f"the image has more pixels than this server takes ({max_pixels}); "
                                 "send a smaller image") from None
-    except UnidentifiedImageError:
-        raise ImageError("could not read the uploaded image (not a format PIL reads); "
-                         "send a PNG, JPEG, WebP ... file") from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"could not read the uploaded image ({exc}); send a PNG, JPEG, WebP ... file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise unreadable("the uploaded file", exc) from None
     w, h = im.size
     if w * h > max_pixels:
         raise RequestError(413, f"the image is {w}x{h} = {w * h} pixels; this server takes at most {max_pixels} "
@@ -124,7 +121,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         im.load()
         return load_image(im)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"could not read the uploaded image ({exc}); send a complete PNG, JPEG, ... file") from None
+        raise unreadable("the uploaded file", exc) from None
 
 
 def options_key(task, options: dict) -> tuple:
