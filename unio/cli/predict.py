@@ -12,6 +12,12 @@ name that picture (``--out cat.png``; for depth also ``.npy``, the raw float32 m
 written there and nothing else, which needs exactly one answer.
 
 Every input is checked before the model is loaded, so a typo fails in a second with one message.
+An image that cannot be read stops the command there (``--on-error stop``, the default: exit
+status 2, nothing written); with ``--on-error skip`` such images are left out, listed on stderr at
+the end with the reason for each, and the exit status is 1 (0 when every image was read). Large
+files are decoded at four times the model's input side (JPEGs by DCT scaling, never in full; depth
+and inpaint, whose answer is a picture of the file's size, read it in full), and every result is
+given in the pixels of the file itself.
 """
 from __future__ import annotations
 
@@ -19,16 +25,17 @@ import json
 import sys
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 import unio
 
 from .. import viz
-from ..errors import InputError, TaskError
+from ..errors import ImageError, InputError, TaskError
 from ..evaluate import set_threads
 from ..data.formats import read_json
-from ..images import IMAGE_EXTENSIONS, check_box, load_image
-from ..pipeline import options_for
+from ..images import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, check_box, load_image, original_size
+from ..pipeline import READ_SIDE, options_for
 from ..tasks import get_task, task_names
 from ..tasks.detect import coco_gt_categories, coco_gt_images
 from ..tasks.options import parse_options
@@ -36,6 +43,7 @@ from ..tasks.options import parse_options
 
 VIZ_SIDE = 384        # --viz draws pictures with a shorter long side at this size
 VIZ_THRESHOLD = 0.3   # --viz leaves out detections scoring below this (--viz-threshold)
+CHECK_SIDE = 64       # ... and checked, before the model loads, at this long side (a JPEG's 1/8 DCT scale)
 
 
 def main(args) -> int:
@@ -73,7 +81,8 @@ def main(args) -> int:
     inputs = {role: args.text} if role else {}
     if box is not None:
         inputs["box"] = box
-    images = _image_paths(args.images, task)
+    on_error = getattr(args, "on_error", "stop") or "stop"
+    images, failed = _readable(_image_paths(args.images, task), task, on_error)
     if gt:
         gt = read_json(Path(gt), "--gt ground-truth file")
         coco_gt_images(gt, images)  # every image must be in it, before the model loads
@@ -86,6 +95,8 @@ def main(args) -> int:
     set_threads(getattr(args, "threads", None))
     pipe = unio.load(args.model, device=args.device)
     pipe.progress = True
+    # a picture answer (inpaint, depth) is made at the file's full size; other answers need only S pixels
+    side = None if task.picture_files else READ_SIDE * pipe.ctx.image_size
     if picture_out:
         result = pipe.run(name, load_image(images[0]) if images else None, batch_size=1, **inputs, **options)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,12 +108,12 @@ def main(args) -> int:
         return 0
     if task.needs_image:
         records = _run_images(pipe, task, images, inputs, options, args.batch_size, files, viz_dir,
-                              getattr(args, "viz_threshold", VIZ_THRESHOLD))
+                              getattr(args, "viz_threshold", VIZ_THRESHOLD), side, on_error, failed)
     else:  # the answer is made from the text alone (generate_image)
         result = pipe.run(name, **inputs, **options)
         records = [{"task": name, **task.to_record(result, inputs, files, "generated")}]
     _write(records, task, out, args.format, pipe, gt)
-    return 0
+    return _report(failed, len(records) + len(failed))
 
 
 def _picture_out(task, out: Path | None, images: list, args) -> bool:
@@ -129,19 +140,32 @@ def _picture_out(task, out: Path | None, images: list, args) -> bool:
 
 
 def _run_images(pipe, task, paths, inputs: dict, options: dict, batch_size: int, files: Path,
-                viz_dir: Path | None, viz_threshold: float) -> list[dict]:
+                viz_dir: Path | None, viz_threshold: float, side: int | None = None, on_error: str = "stop",
+                failed: list | None = None) -> list[dict]:
+    """Records of ``paths`` in order; with ``on_error="skip"`` an image that cannot be read now
+    (changed since the check) joins ``failed`` instead of stopping the run."""
     bs = max(1, int(batch_size))
     records = []
     with tqdm(total=len(paths), unit="img", desc=f"unio predict {task.name}", file=sys.stderr,
               disable=len(paths) < 2) as bar:
         for start in range(0, len(paths), bs):
-            chunk = paths[start:start + bs]
-            pils = [load_image(p) for p in chunk]
-            results = pipe.run(task.name, pils, batch_size=bs, **inputs, **options)
+            chunk, pils = [], []
+            for p in paths[start:start + bs]:
+                try:
+                    pils.append(load_image(p, max_side=side))
+                    chunk.append(p)
+                except ImageError as e:
+                    if on_error != "skip":
+                        raise
+                    failed.append((p, str(e)))
+            results = pipe.run(task.name, pils, batch_size=bs, **inputs, **options) if pils else []
             for k, (path, pil, result) in enumerate(zip(chunk, pils, results)):
                 stem = f"{start + k:05d}_{Path(path).stem}"
-                rec = {"image": str(path), "task": task.name, "width": pil.width, "height": pil.height,
+                width, height = original_size(pil)  # the file's own frame, whatever size it was decoded at
+                rec = {"image": str(path), "task": task.name, "width": width, "height": height,
                        **task.to_record(result, inputs, files, stem)}
+                if viz_dir is not None and pil.size != (width, height):  # drawn in the results' frame
+                    pil = pil.resize((width, height), Image.BICUBIC)
                 scale = max(1.0, VIZ_SIDE / max(pil.size))  # small images drawn big enough to read the labels
                 panels = task.panels(pil, result, inputs=inputs, scale=scale, threshold=viz_threshold) \
                     if viz_dir is not None else []
@@ -180,7 +204,7 @@ def _write(records: list[dict], task, out: Path | None, fmt: str, pipe, gt=None)
 
 
 def _image_paths(items, task) -> list[Path]:
-    """The image files given (folders expanded), each checked readable."""
+    """The image files given, folders expanded to the pictures in them (hidden files left out)."""
     if not task.needs_image:
         if items:
             raise InputError(f"{task.name} makes an image from --text alone; do not pass image files")
@@ -188,18 +212,48 @@ def _image_paths(items, task) -> list[Path]:
     if not items:
         raise InputError(f"no images given: pass one or more image files (or folders) after `unio predict {task.name}`")
     paths: list[Path] = []
+    kinds = IMAGE_EXTENSIONS + HEIF_EXTENSIONS  # HEIC photos too: read with pillow-heif, else named as skipped
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in kinds and not f.name.startswith("."))
             if not found:
-                raise InputError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise InputError(f"folder {p} holds no image files ({', '.join(sorted(kinds))})")
             paths += found
         else:
             paths.append(p)
-    for p in paths:
-        load_image(p)  # ImageError naming the file and what to do
     return paths
+
+
+def _readable(paths: list[Path], task, on_error: str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the images that read, [(image, why not)]): each one decoded once before the model loads.
+    ``stop``: the first that does not read raises its ImageError; ``skip``: it is set aside."""
+    if on_error not in ("stop", "skip"):
+        raise InputError(f"--on-error {on_error!r}: choose stop or skip")
+    side = None if task.picture_files else CHECK_SIDE
+    good, failed = [], []
+    for p in paths:
+        try:
+            load_image(p, max_side=side)  # ImageError naming the file and what to do
+            good.append(p)
+        except ImageError as e:
+            if on_error == "stop" or len(paths) == 1:
+                hint = " (--on-error skip goes on without it)" if len(paths) > 1 else ""
+                raise ImageError(f"{e}{hint}") from None
+            failed.append((p, str(e)))
+    if paths and not good:
+        raise ImageError(f"none of the {len(paths)} images could be read; the first: {failed[0][1]}")
+    return good, failed
+
+
+def _report(failed: list[tuple[Path, str]], total: int) -> int:
+    """The exit status: 0, or 1 after listing on stderr the images --on-error skip left out."""
+    if not failed:
+        return 0
+    lines = [f"unio predict: skipped {len(failed)} of {total} images that could not be read:"]
+    lines += [f"  {path}: {why}" for path, why in failed]
+    print("\n".join(lines), file=sys.stderr)
+    return 1
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
