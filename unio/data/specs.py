@@ -18,6 +18,8 @@ from .formats import SOURCES, open_source, source_keys
 
 __all__ = ["parse_data_spec", "open_data", "parse_value", "spec_text"]
 
+_SEEDED = ("shapes", "fashion-scenes")  # procedural worlds: the bare value is the seed (default 1)
+
 
 def parse_value(text: str):
     """A KEY=VALUE value as YAML scalars read: true/false, int, float, else the text."""
@@ -39,6 +41,8 @@ def parse_data_spec(spec) -> dict:
 
     - ``shapes:SEED`` (the held-out shapes world; training recipes use seed 0), optionally with
       options: ``shapes:7,image_size=96,max_objects=6``;
+    - ``fashion-scenes:SEED`` (scenes of Fashion-MNIST's test photos, unio.data.fashion; training
+      recipes name ``split: train``), with options as above: ``fashion-scenes:1,image_size=256``;
     - a JSONL manifest path (``eval.jsonl``, read by the training reader ``JsonlSource``);
     - ``SOURCE:VALUE,key=value,...`` for any reader of :mod:`unio.data.formats`: the bare VALUE
       fills the reader's one required key (``classes:DIR``, ``jsonl:PATH,root=DIR``), the others
@@ -77,15 +81,17 @@ def parse_data_spec(spec) -> dict:
         if eq:
             entry[key.strip()] = parse_value(value.strip())
             continue
-        positional = "seed" if name == "shapes" else (required[0] if len(required) == 1 else None)
+        positional = "seed" if name in _SEEDED else (required[0] if len(required) == 1 else None)
         if k != 0 or positional is None:
             raise DataError(f"in the data spec {text!r}, {part!r} needs a key (key=value); the {name} source takes "
                             f"{', '.join(required) or 'options'} as key=value")
         entry[positional] = parse_value(part) if positional == "seed" else part
-    if name == "shapes":
+    if name in _SEEDED:
         entry.setdefault("seed", 1)
         if not isinstance(entry["seed"], int) or isinstance(entry["seed"], bool) or entry["seed"] < 0:
-            raise DataError(f"the shapes seed in {text!r} must be an integer >= 0, e.g. shapes:1")
+            raise DataError(f"the {name} seed in {text!r} must be an integer >= 0, e.g. {name}:1")
+    if name == "fashion-scenes":
+        entry.setdefault("split", "test")  # a spec evaluates: scenes of the held-out test photos
     return entry
 
 
