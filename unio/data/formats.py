@@ -20,7 +20,11 @@ classes    ImageNet-style ``root`` with one folder per class; optional ``labels`
 depth      ``images`` + ``depth`` folders matched by stem: 16-bit PNG in mm or .npy in m (unio.data.folders)
 masks      ``images`` + ``masks`` folders matched by stem: non-zero pixels are the object (unio.data.folders)
 jsonl      a manifest, one JSON record per line (unio.data.jsonl)
+webdataset WebDataset ``.tar`` shards: a folder or a pattern of them as ``path`` (unio.data.shards)
 ========== ===================================================================================
+
+Also ``idx`` (MNIST-style IDX files, unio.data.idx) and ``fashion-scenes`` (scenes composed of real
+Fashion-MNIST photos, unio.data.fashion: ``seed``, ``split``, ``image_size``, ``max_objects``, ``root``).
 """
 from __future__ import annotations
 
@@ -265,7 +269,9 @@ SOURCES: dict[str, str] = {
     "depth": "folders:DepthFolderSource",
     "masks": "folders:MaskFolderSource",
     "jsonl": "jsonl:JsonlSource",
+    "webdataset": "shards:WebDatasetSource",
     "idx": "idx:IdxSource",
+    "fashion-scenes": "fashion:FashionScenesSource",
 }
 
 
@@ -279,6 +285,11 @@ def _source_class(name: str) -> type[Source]:
 def folder_keys(name: str) -> tuple[str, ...]:
     """The path keys of source ``name`` that name folders (the other path keys name files)."""
     return tuple(_source_class(name).FOLDER_KEYS)
+
+
+def pattern_keys(name: str) -> tuple[str, ...]:
+    """The path keys of source ``name`` that may hold a glob or brace pattern of files (not one path)."""
+    return tuple(getattr(_source_class(name), "PATTERN_KEYS", ()))
 
 
 def source_keys(name: str) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]:
@@ -297,7 +308,8 @@ def open_source(spec: dict, on_bad_record: str | BadRecords = "error") -> Source
     if name is None:
         raise DataError(f"data entry {spec} has no 'source'; use one of {sorted(SOURCES)}")
     cls = _source_class(name)
-    policy = spec.pop("on_bad_record", on_bad_record)
+    # a source may have its own default (shards skip bad samples unless their entry says stop)
+    policy = spec.pop("on_bad_record", getattr(cls, "BAD_RECORD_DEFAULT", None) or on_bad_record)
     n = spec.pop("n", None)
     for key in COMMON_KEYS:
         spec.pop(key, None)

@@ -10,6 +10,11 @@ recipe gives the same samples on 1 or N processes; each rank builds its own slic
 Building an Example (loading the image, tokenising) is the expensive part; it happens in
 :class:`ExampleDataset`, which a ``torch.utils.data.DataLoader`` may run in worker processes,
 while the draws themselves are made in the main process by :class:`RankBatchSampler`.
+
+A streaming source (``streaming = True``: WebDataset shards, :mod:`unio.data.shards`) is not read
+by index: a draw from it takes the next sample of the reader's own stream (``next_sample``), each
+(rank, worker) reading its own shards, epoch after epoch; the draw's index counts its draws, and a
+resumed mixture tells the source where its stream stood (``resume``).
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ class Mixture:
         for i, s in enumerate(self.sources):
             if len(s) == 0:
                 raise DataError(f"data.train[{i}] has no samples")
+            if getattr(s, "streaming", False):
+                s.resume(0)
         self.step = 0
         self.counters = [0] * len(self.sources)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -103,6 +110,8 @@ class Mixture:
     def _index(self, i: int, count: int) -> int:
         source = self.sources[i]
         n = len(source)
+        if getattr(source, "streaming", False):  # the source's own stream decides which sample comes next
+            return count
         if getattr(source, "endless", False):
             return count % n
         epoch, pos = divmod(count, n)
@@ -141,6 +150,9 @@ class Mixture:
                             f"{self.batch_size}; resume with the same global batch size")
         self.step, self.counters = int(state["step"]), [int(c) for c in state["counters"]]
         self._states.clear()
+        for s, count in zip(self.sources, self.counters):
+            if getattr(s, "streaming", False):
+                s.resume(count)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -168,7 +180,7 @@ class ExampleDataset(torch.utils.data.Dataset):
             if attempt:
                 index = self.mixture.fallback_index(draw, attempt)
             try:
-                sample = source[index]
+                sample = source.next_sample(index) if getattr(source, "streaming", False) else source[index]
             except (DataError, ImageError) as exc:
                 if not self.skip_bad:
                     raise
