@@ -434,3 +434,16 @@ def test_interval_of_a_known_mean():
     rows = [{"correct": i < 80} for i in range(100)]
     (lo, hi), = intervals(task, rows, [], [], []).values()
     assert lo < 0.8 < hi and 0.70 < lo and hi < 0.88  # the normal approximation gives 0.72..0.88
+
+
+def test_coco_map_intervals_resample_images():
+    from unio.metrics import coco_detection_map
+    gts = [[{"box": (0, 0, 10, 10), "label": "a"}, {"box": (20, 20, 30, 30), "label": "b"}] for _ in range(12)]
+    perfect = [[{"box": o["box"], "label": o["label"], "score": 0.9} for o in g] for g in gts]
+    got = coco_detection_map(perfect, gts, resamples=30)
+    assert got["map50"] == 1.0 and got["map50_ci95"] == [1.0, 1.0]
+    half = [p if i % 2 else p[:1] for i, p in enumerate(perfect)]  # every other image misses its "b"
+    got = coco_detection_map(half, gts, resamples=200, seed=3)
+    lo, hi = got["map50_ci95"]
+    assert lo < got["map50"] < hi and 0.5 < lo and hi <= 1.0
+    assert coco_detection_map(half, gts, resamples=200, seed=3) == got  # seeded

@@ -66,13 +66,22 @@ class _Samples:
     def __init__(self, source):
         self.source, self.cache = source, {}
         self.endless = bool(getattr(source, "endless", False))
+        # a source that skips bad records may find one only when reading it (an unreadable image or
+        # shard member): that sample is unusable, as one with a bad annotation is
+        self.skip_bad = getattr(getattr(source, "bad", None), "policy", None) == "skip"
 
     def scan_limit(self, n: int) -> int:
         return 20 * n + 100 if self.endless else len(self.source)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> dict | None:
+        """Sample ``i``; None for a bad record of a source that skips them."""
         if i not in self.cache:
-            self.cache[i] = self.source[i]
+            try:
+                self.cache[i] = self.source[i]
+            except DataError:
+                if not self.skip_bad:
+                    raise
+                self.cache[i] = None
         return self.cache[i]
 
 
@@ -83,6 +92,9 @@ def _build(task, ctx, samples: _Samples, n: int, seed: int) -> tuple[list, list,
     for i in range(samples.scan_limit(n)):
         if len(examples) >= n:
             break
+        if samples[i] is None:  # a bad record (counted by its source)
+            skipped += 1
+            continue
         sample = task.pick_item(samples[i], _rng(seed, i, task.name))
         if not task.can_build(sample):
             continue
@@ -314,7 +326,9 @@ def intervals(task, rows: list[dict], predictions, examples, samples, bootstrap:
             means = values[rng.integers(0, len(values), (MEAN_RESAMPLES, len(values)))].mean(axis=1)
             out[f"{metric}_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
     headline = task.headline
-    if bootstrap and headline and headline not in task.means and len(examples) >= 2:
+    if bootstrap and hasattr(task, "metric_intervals") and len(examples) >= 2:  # the task's own, faster way
+        out.update(task.metric_intervals(predictions, examples, samples, int(bootstrap), int(seed)))
+    elif bootstrap and headline and headline not in task.means and len(examples) >= 2:
         figures = []
         for _ in range(int(bootstrap)):
             idx = rng.integers(0, len(examples), len(examples))

@@ -265,7 +265,7 @@ def _field(item, name: str, index: int):
 
 
 def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[Sequence],
-                       categories: Sequence[str] | None = None) -> dict[str, float]:
+                       categories: Sequence[str] | None = None, resamples: int = 0, seed: int = 0) -> dict:
     """COCO box mAP (IoU .50:.95), mAP@.50 and mAP@.75 through pycocotools' COCOeval.
 
     ``predictions[i]`` are image i's detections: dicts with ``box`` (x1, y1, x2, y2 pixels),
@@ -273,6 +273,10 @@ def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[
     ``ground_truths[i]`` its objects (dicts with ``box`` and ``label``, the sample schema).
     Labels are names from ``categories`` (default: every ground-truth label); predicted labels
     outside them are dropped. Values are nan where no ground-truth box exists at all.
+
+    ``resamples`` > 0 also gives ``map_ci95``, ``map50_ci95``, ``map75_ci95``: 95% percentile
+    bootstrap intervals over images. The per-image matching is done once; each resample of the
+    images (with replacement, seeded by ``seed``) only re-accumulates the precision curves.
     """
     if len(predictions) != len(ground_truths):
         raise InputError(f"{len(predictions)} prediction lists but {len(ground_truths)} ground-truth lists; "
@@ -315,7 +319,40 @@ def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: max(float(v), 0.0) for k, v in zip(("map", "map50", "map75"), ev.stats[:3])}
+    out: dict = {k: max(float(v), 0.0) for k, v in zip(("map", "map50", "map75"), ev.stats[:3])}
+    if resamples:
+        out.update(_coco_intervals(ev, int(resamples), np.random.default_rng(seed)))
+    return out
+
+
+def _coco_aps(ev) -> tuple[float, float, float]:
+    """(AP, AP50, AP75) from an accumulated COCOeval: all areas, the largest detection budget."""
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou thresholds, recalls, categories)
+    out = []
+    for rows in (slice(None), np.isclose(ev.params.iouThrs, 0.5), np.isclose(ev.params.iouThrs, 0.75)):
+        p = precision[rows]
+        p = p[p > -1]
+        out.append(max(float(p.mean()), 0.0) if p.size else 0.0)
+    return tuple(out)
+
+
+def _coco_intervals(ev, resamples: int, rng) -> dict:
+    base, params = ev.evalImgs, ev._paramsEval
+    n_img, n_area, n_cat = len(params.imgIds), len(params.areaRng), len(params.catIds)
+    # Only what the three figures read: all areas (the first range), the largest detection budget.
+    for p in (ev.params, ev._paramsEval):
+        p.areaRng, p.areaRngLbl, p.maxDets = p.areaRng[:1], p.areaRngLbl[:1], p.maxDets[-1:]
+    draws = []
+    with contextlib.redirect_stdout(io.StringIO()):
+        for _ in range(resamples):
+            idx = rng.integers(0, n_img, n_img)
+            ev.evalImgs = [base[k * n_area * n_img + i] for k in range(n_cat) for i in idx]
+            ev.params.imgIds = ev._paramsEval.imgIds = list(range(n_img))  # resampled images as new ids
+            ev.accumulate()
+            draws.append(_coco_aps(ev))
+    draws = np.asarray(draws)
+    return {f"{k}_ci95": [float(np.percentile(draws[:, j], 2.5)), float(np.percentile(draws[:, j], 97.5))]
+            for j, k in enumerate(("map", "map50", "map75"))}
 
 
 # ---------------------------------------------------------------------- dense outputs
