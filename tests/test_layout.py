@@ -16,7 +16,7 @@ LAYERS = [
     ("unio.vocab",),
     ("unio.model",),
     ("unio.tasks",),
-    ("unio.export", "unio.interop"),
+    ("unio.export", "unio.interop", "unio.backends"),
     ("unio.pipeline",),
     ("unio.evaluate",),
     ("unio.serving",),

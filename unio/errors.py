@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "UnioError", "InputError", "ImageError", "BoxError", "TaskError", "PromptError",
-    "TokenizerError", "VocabMismatchError", "CheckpointError", "RecipeError", "DataError",
+    "TokenizerError", "VocabMismatchError", "CheckpointError", "RecipeError", "DataError", "BackendError",
 ]
 
 
@@ -56,3 +56,8 @@ class RecipeError(UnioError, ValueError):
 
 class DataError(UnioError, ValueError):
     """A dataset file or record is missing or malformed."""
+
+
+class BackendError(UnioError):
+    """An inference backend or exporter is not installed, or cannot do what was asked (an operator
+    ONNX cannot express, a decoding mode onnxruntime does not run)."""

@@ -26,6 +26,19 @@ def _cmd_shapes(args):
     write_preview(n=args.n, out=args.out, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
 
 
+def _cmd_fashion(args):
+    if args.texts:
+        from .fashion import write_text_corpus
+        lines = write_text_corpus(args.texts, n=args.n, seed=args.seed, prompt_files=args.prompts, split=args.split,
+                                  root=args.root)
+        print(f"wrote {args.texts} ({lines} lines: the texts of {args.n} {args.split} scenes"
+              + (f" and the templates of {len(args.prompts)} prompt files)" if args.prompts else ")"))
+        return
+    from .fashion import write_preview
+    write_preview(n=args.n, out=args.out, seed=args.seed, split=args.split, image_size=args.image_size,
+                  max_objects=args.max_objects, root=args.root)
+
+
 def _cmd_tokenizer(args):
     if args.kind == "text":
         from pathlib import Path
@@ -74,8 +87,22 @@ def _cmd_eval(args):
 
 
 def _cmd_export(args):
-    from ..training.run_export import export
-    export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype)
+    if args.onnx and (not os.path.exists(args.run_dir) or os.path.isfile(os.path.join(args.run_dir, "unio.json"))):
+        # an export directory or a shipped model's name: copied to OUT with its graphs
+        from ..errors import InputError
+        given = [f for f, v in (("--step", args.step), ("--dtype", args.dtype), ("--lora", args.lora)) if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} apply to a training run, and {args.run_dir} is an export; "
+                             "drop them")
+        src = args.run_dir
+    else:
+        from ..training.run_export import export
+        src = export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype, lora=args.lora)
+    if args.onnx:
+        from ..backends.onnx_export import export_onnx
+        out = export_onnx(src, args.out_dir)
+        print(f"wrote {out} with ONNX graphs (encoder.onnx, decoder.onnx); run them with "
+              f"unio.load({str(out)!r}, backend=\"onnxruntime\")")
 
 
 def _cmd_init(args):
@@ -87,6 +114,11 @@ def _cmd_init(args):
 def _cmd_demo(args):
     from .demo import main as demo
     return demo(args)
+
+
+def _cmd_data(args):
+    from .data import main as data
+    return data(args)
 
 
 def _cmd_serve(args):
@@ -104,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="run one task on images and write predictions")
     s.__class__ = _IntermixedParser
     s.add_argument("task", help="task name (caption, vqa, classify, detect, ground, describe_region, ...)")
-    s.add_argument("images", nargs="*", help="image files")
+    s.add_argument("images", nargs="*", help="image files or folders (read as they are shown: EXIF orientation "
+                   "applied, transparency on white; large files decoded smaller, results in their own pixels)")
     s.add_argument("--model", required=True, help="export directory or shipped model name (e.g. shapes-demo)")
     s.add_argument("--text", help="question / expression / prompt text the task needs")
     s.add_argument("--labels", help="comma-separated label set for classify")
@@ -120,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "1-based index in the model's object classes (named in OUT.categories.json)")
     s.add_argument("--gt", metavar="INSTANCES.json", help="with --format coco: take image and category ids from this "
                    "COCO ground-truth file (images by file name, categories by name); unmapped ones are an error")
+    s.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="an image that cannot be read (missing, truncated, not a picture, HEIC without pillow-heif "
+                        "...): stop (default) ends the command with its reason before the model loads (exit 2); "
+                        "skip predicts on the others, lists each skipped file with its reason on stderr at the "
+                        "end, and exits with status 1 (0 when every image was read)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; one "
@@ -139,9 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="evaluate a model on a dataset, per task")
     s.add_argument("--model", required=True, help="export directory or shipped model name (e.g. shapes-demo)")
-    s.add_argument("--data", default="shapes:1", help="shapes:SEED, a .jsonl manifest, a .yaml data entry or recipe, "
+    s.add_argument("--data", default="shapes:1", help="shapes:SEED, fashion-scenes:SEED, a .jsonl manifest, a .yaml data entry or recipe, "
                    "or SOURCE:VALUE,key=value (e.g. coco:images=DIR,instances=FILE)")
     s.add_argument("--tasks", nargs="*", default=None, help="task names (default: every task of the model)")
+    s.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                   help="also resample the examples B times for each headline that is not a mean over examples "
+                        "(mAP, CIDEr) to give its 95%% interval (means always get one)")
     s.add_argument("--n", type=int, default=200, help="samples per task")
     s.add_argument("--out", help="metrics JSON")
     s.add_argument("--predictions", metavar="FILE.jsonl",
@@ -155,12 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "generate_image.guidance=3, detect.max_objects=20 ...")
     s.set_defaults(func=_cmd_eval)
 
-    s = sub.add_parser("export", help="write an export directory (what unio.load reads) from a run")
+    s = sub.add_parser("export", help="write an export directory (what unio.load reads) from a run; --onnx adds "
+                       "ONNX graphs")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
     s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     s.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="weight precision stored (default float32; float16 halves the size)")
+    s.add_argument("--lora", default=None, choices=["merged", "adapters"],
+                   help="a LoRA run: adapters merged into the weights, or adapters over the base model "
+                        "(default: the recipe's train.lora.export)")
+    s.add_argument("--onnx", action="store_true",
+                   help="also write the encoder and decoder as ONNX graphs, for unio.load(OUT, backend=\"onnxruntime\") "
+                        "(RUN_DIR may then also be an export directory or a shipped model's name; "
+                        "pip install \"unio[onnx]\")")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("init", help="write an untrained export directory")
@@ -237,7 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --texts: also add these prompt template files (e.g. prompts/*.yaml)")
     s.set_defaults(func=_cmd_shapes)
 
-    s = sub.add_parser("demo", help="the shipped shapes-demo model doing every task, with a picture sheet")
+    s = sub.add_parser("fashion", help="preview the fashion-scenes world (real Fashion-MNIST photos): a picture "
+                       "grid + annotations")
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--out", default="fashion-preview")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split", default="train", choices=["train", "test"], help="scenes of the training or test photos")
+    s.add_argument("--image-size", type=int, default=128)
+    s.add_argument("--max-objects", type=int, default=4)
+    s.add_argument("--root", default=None, help="folder of the Fashion-MNIST IDX files (default: $UNIO_FASHION_MNIST, "
+                   "else Debian's /usr/share/datasets/fashion-mnist)")
+    s.add_argument("--texts", metavar="FILE", help="instead of a preview, write every caption, question, answer "
+                   "and expression of the n scenes to FILE (a text-tokenizer corpus)")
+    s.add_argument("--prompts", nargs="*", default=[], metavar="YAML",
+                   help="with --texts: also add these prompt template files (e.g. prompts/*.yaml)")
+    s.set_defaults(func=_cmd_fashion)
+
+    s = sub.add_parser("demo", help="the shipped shapes-demo model doing every task, with a picture sheet "
+                       "(--web: a page to try it in a browser)")
     s.add_argument("--out", default="unio-demo")
     s.add_argument("--n", type=int, default=50, help="images per task for the metrics")
     s.add_argument("--seed", type=int, default=1000, help="shapes world seed of the demo images (not used in training)")
@@ -245,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="an export directory instead of the shipped shapes-demo model")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads; the demo model is so small that one "
                    "thread is fastest, and by far on a busy machine")
+    s.add_argument("--web", action="store_true", help="serve the model with a page to try every task in a browser "
+                   "(unio serve's server) and print its address, instead of the sheet")
+    s.add_argument("--host", default="127.0.0.1", help="with --web: address to listen on (loopback only by default; "
+                   "any other needs --token)")
+    s.add_argument("--port", type=int, default=8000, help="with --web: the port")
+    s.add_argument("--token", default=None, help="with --web: bearer token clients must send (default: $UNIO_SERVE_TOKEN)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="serve a model over HTTP to many users at once, with dynamic batching")
@@ -263,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("data", help="dataset tools: pack any dataset unio reads into WebDataset shards")
+    dk = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = dk.add_parser("pack", help="write WebDataset .tar shards (+ index.json) from a data spec")
+    t.add_argument("spec", help="any data spec unio eval --data takes: shapes:SEED (with --n), a .jsonl manifest, "
+                   "coco:images=DIR,instances=FILE, classes:DIR, idx:images=FILE, webdataset:DIR ...")
+    t.add_argument("--out", required=True, help="folder for shard-000000.tar, shard-000001.tar, ... and index.json")
+    t.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    t.add_argument("--n", type=int, default=None, help="pack the first N samples (required for the endless shapes world)")
+    t.add_argument("--overwrite", action="store_true", help="replace the shards OUT already holds")
+    t.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
+                   help="a sample that cannot be read: stop with its name (error), or leave it out and count it")
+    s.set_defaults(func=_cmd_data)
     return p
 
 
