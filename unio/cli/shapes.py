@@ -15,7 +15,8 @@ from .. import viz
 from ..data.shapes import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ShapesWorld, shapes_texts
 from ..errors import DataError, InputError
 
-__all__ = ["annotation_record", "write_preview", "write_text_corpus", "prompt_texts"]
+__all__ = ["annotation_record", "write_preview", "write_text_corpus", "prompt_texts", "write_world_preview",
+           "check_preview_n", "write_corpus_lines"]
 
 
 # ---------------------------------------------------------------------------------- text corpus
@@ -56,11 +57,16 @@ def write_text_corpus(path: str | Path, n: int = 20000, seed: int = 0, prompt_fi
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise InputError(f"the text corpus needs a positive number of samples, got n={n!r}")
     prompts = prompt_texts(prompt_files)
+    return write_corpus_lines(path, shapes_texts(n, seed=seed), prompts, prompt_repeats)
+
+
+def write_corpus_lines(path: str | Path, texts, prompts: list[str], prompt_repeats: int) -> int:
+    """Write ``texts`` and then ``prompts`` ``prompt_repeats`` times, one line each; the line count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = 0
     with open(path, "w", encoding="utf-8") as f:
-        for t in shapes_texts(n, seed=seed):
+        for t in texts:
             f.write(t + "\n")
             lines += 1
         for _ in range(prompt_repeats):
@@ -94,17 +100,19 @@ def annotation_record(sample: dict, index: int | None = None, seed: int | None =
     return rec
 
 
-def write_preview(n: int = 16, out: str | Path = "shapes-preview", seed: int = 0, image_size: int = 64,
-                  max_objects: int = 4, scale: int | None = None) -> dict:
-    """Write ``out/grid.png``, ``out/images/NNNN.png`` and ``out/annotations.jsonl`` for n samples."""
+def check_preview_n(n) -> None:
+    """--n of a preview: a positive number of samples, at most 10000."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise InputError(f"--n must be a positive number of samples, got {n!r}")
     if n > 10000:
         raise InputError(f"--n {n} is too many for a preview; use at most 10000")
-    if (isinstance(image_size, bool) or not isinstance(image_size, int)
-            or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
-        raise InputError(f"--image-size must be {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
-    world = ShapesWorld(image_size=image_size, seed=seed, max_objects=max_objects)
+
+
+def write_world_preview(world, n: int, out: str | Path, seed: int, scale: int | None = None, extra: dict | None = None,
+                        what: str = "samples") -> dict:
+    """Write ``out/grid.png``, ``out/images/NNNN.png`` and ``out/annotations.jsonl`` for samples
+    0..n-1 of a seeded world (shapes or fashion scenes); ``extra`` is added to every record."""
+    image_size = world.image_size
     out = Path(out)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -118,13 +126,24 @@ def write_preview(n: int = 16, out: str | Path = "shapes-preview", seed: int = 0
             s = world[i]
             name = f"images/{i:04d}.png"
             s["image"].save(out / name)
-            f.write(json.dumps(annotation_record(s, i, seed, name)) + "\n")
+            f.write(json.dumps({**annotation_record(s, i, seed, name), **(extra or {})}) + "\n")
             big = s["image"].resize((image_size * scale, image_size * scale), Image.NEAREST)
             boxes = [[c * scale for c in o["box"]] for o in s["objects"]]
             tiles.append(viz.draw_boxes(big, boxes, labels=[o["label"] for o in s["objects"]]))
             captions.append(s["caption"])
     grid = viz.image_grid(tiles, captions=captions, cols=min(n, 4))
     grid.save(out / "grid.png")
-    print(f"wrote {out / 'grid.png'} ({n} samples, {image_size}x{image_size}, seed {seed})")
+    print(f"wrote {out / 'grid.png'} ({n} {what}, {image_size}x{image_size}, seed {seed})")
     print(f"wrote {out / 'annotations.jsonl'} and {n} images under {out / 'images'}")
     return {"grid": str(out / "grid.png"), "annotations": str(out / "annotations.jsonl"), "n": n}
+
+
+def write_preview(n: int = 16, out: str | Path = "shapes-preview", seed: int = 0, image_size: int = 64,
+                  max_objects: int = 4, scale: int | None = None) -> dict:
+    """Write ``out/grid.png``, ``out/images/NNNN.png`` and ``out/annotations.jsonl`` for n samples."""
+    check_preview_n(n)
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
+        raise InputError(f"--image-size must be {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
+    world = ShapesWorld(image_size=image_size, seed=seed, max_objects=max_objects)
+    return write_world_preview(world, n, out, seed, scale)

@@ -2,6 +2,8 @@
 
 - ``unio.data.shapes``   the procedural shapes world (``ShapesWorld``)
 - ``unio.data.fashion``  the fashion-scenes world: seeded scenes of real Fashion-MNIST photos (``FashionScenes``)
+- ``unio.data.world``, ``unio.data.language``  what both worlds share: the seeded dataset protocol and
+                         the templated language
 - ``unio.data.formats``  the reader interface and ``open_source(spec)``, which opens a recipe's data
                          entry with one of the readers: COCO, VQAv2, RefCOCO (``unio.data.coco``),
                          class / depth / mask folders (``unio.data.folders``), JSONL (``unio.data.jsonl``),

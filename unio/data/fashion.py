@@ -49,8 +49,9 @@ from ..errors import DataError, InputError
 from .fashion_items import (BACKGROUNDS, CATEGORIES, COLORS, MIN_ITEM_PIXELS, PLURALS, SIZES, THRESHOLD, FashionItems,
                             background, item_sides, load_items, scale_item, tint)
 from .fashion_language import caption, questions, refexps, uniqueness
-from .formats import Source, sample_texts
+from .formats import WorldSource, sample_texts
 from .shapes_draw import _Rand
+from .world import SeededWorld
 
 __all__ = ["FashionScenes", "FashionScenesSource", "fashion_classes", "fashion_texts", "CATEGORIES", "COLORS",
            "SIZES", "PLURALS", "MAX_OBJECTS", "MIN_VISIBLE_FRACTION", "MIN_VISIBLE_PIXELS", "THRESHOLD",
@@ -94,7 +95,7 @@ class _Item:
         return f"{self.size} {self.color} {self.category}"
 
 
-class FashionScenes:
+class FashionScenes(SeededWorld):
     """An endless, seeded dataset of Fashion-MNIST scenes: ``FashionScenes(128, seed=0)[i]``.
 
     Args:
@@ -110,29 +111,22 @@ class FashionScenes:
         length: what ``len()`` reports; any index >= 0 works.
     """
 
+    MAX_OBJECTS = MAX_OBJECTS
+
     def __init__(self, image_size: int = 128, seed: int = 0, split: str = "train", max_objects: int = 4,
                  min_objects: int = 1, root=None, verify: bool = True, length: int = 2**31 - 1):
-        for name, value in (("image_size", image_size), ("seed", seed), ("max_objects", max_objects),
-                            ("min_objects", min_objects), ("length", length)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise InputError(f"FashionScenes {name} must be an int, got {value!r}")
-        if image_size not in IMAGE_SIZES:
-            raise InputError(f"FashionScenes image_size={image_size} is not available; use a multiple of 64 in "
-                             "64..512 (e.g. 128)")
-        if seed < 0:
-            raise InputError(f"FashionScenes seed={seed} is negative; use a seed >= 0")
         if split not in _STREAM:
             raise InputError(f"FashionScenes split={split!r}: use 'train' (training photos) or 'test' (test photos)")
-        if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
-            raise InputError(f"FashionScenes needs 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got "
-                             f"min_objects={min_objects}, max_objects={max_objects}; adjust them")
-        if length < 1:
-            raise InputError(f"FashionScenes length={length} must be positive")
-        self.image_size, self.seed, self.split = int(image_size), int(seed), split
-        self.max_objects, self.min_objects, self.length = int(max_objects), int(min_objects), int(length)
+        self._set_common(image_size, seed, max_objects, min_objects, length)
+        self.split = split
         self.root, self.verify = root, bool(verify)
         self.items: FashionItems = load_items(root, split, verify)  # DataError saying how to install them
         self.sides = item_sides(self.image_size)
+
+    def _check_image_size(self, image_size: int) -> None:
+        if image_size not in IMAGE_SIZES:
+            raise InputError(f"FashionScenes image_size={image_size} is not available; use a multiple of 64 in "
+                             "64..512 (e.g. 128)")
 
     def __getstate__(self) -> dict:  # DataLoader workers re-read the photos (once per process), not a pickle
         return {k: v for k, v in self.__dict__.items() if k != "items"}
@@ -145,51 +139,20 @@ class FashionScenes:
         return (f"FashionScenes(image_size={self.image_size}, seed={self.seed}, split={self.split!r}, "
                 f"max_objects={self.max_objects}, min_objects={self.min_objects})")
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[dict]:
-        return (self[i] for i in range(self.length))
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            start, stop, step = index.start or 0, index.stop, index.step or 1
-            if stop is None or start < 0 or stop < 0 or step < 1:
-                raise InputError(f"FashionScenes slice {index} must have a non-negative start and stop and a "
-                                 "positive step, e.g. world[0:16]")
-            return [self[i] for i in range(start, stop, step)]
-        return self.sample(index)
-
-    def take(self, n: int, start: int = 0) -> Iterator[dict]:
-        """Samples ``start .. start + n - 1``."""
-        return (self[i] for i in range(start, start + n))
-
-    def _check_index(self, index) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-            raise InputError(f"FashionScenes index must be an int >= 0, got {index!r}")
-        return int(index)
-
     # -------------------------------------------------------------- scene generation
     def _scene(self, index: int, rand: _Rand) -> tuple[list[_Item], int]:
         """Place the items of sample ``index``; (items in canonical order, background kind)."""
         S = self.image_size
         margin = 0.1 * S
         kind = int(rand() * len(BACKGROUNDS))
-        n_target = self.min_objects + int(rand() * (self.max_objects - self.min_objects + 1))
+        n_target = self._object_count(rand)
         objs: list[_Item] = []
         owner = np.full((S, S), -1, dtype=np.int8)  # which item each pixel shows, -1 = background
         z_of = np.full(MAX_OBJECTS + 1, -1, dtype=np.int64)  # z_of[owner]: background (-1) is farthest
         visible: list[int] = []
         need: list[int] = []
         used: set[tuple[str, str]] = set()
-        attempts = 0
-        while len(objs) < n_target:
-            attempts += 1
-            if attempts > 60 * n_target:
-                if len(objs) >= self.min_objects:
-                    break
-                raise DataError(f"could not place {self.min_objects} items in a {S}x{S} fashion scene (index "
-                                f"{index}); lower min_objects or raise image_size")
+        for _ in self._attempts(objs, n_target, index, "items", "fashion"):
             c = int(rand() * len(CATEGORIES))
             color = tuple(COLORS)[int(rand() * len(COLORS))]
             size = SIZES[int(rand() * len(SIZES))]
@@ -300,18 +263,11 @@ def fashion_texts(n: int, seed: int = 0, split: str = "train", image_size: int =
                   root=None) -> Iterator[str]:
     """Every caption, question, answer and referring expression of samples 0..n-1 (tokenizer corpus)."""
     world = FashionScenes(image_size=image_size, seed=seed, split=split, max_objects=max_objects, root=root)
-    for i in range(n):
-        s = world[i]
-        yield s["caption"]
-        for q, a in s["qa"]:
-            yield q
-            yield a
-        for expression, _ in s["refexps"]:
-            yield expression
+    yield from world.texts(n)
 
 
 # ---------------------------------------------------------------------------------- data source
-class FashionScenesSource(Source):
+class FashionScenesSource(WorldSource):
     """The fashion-scenes world as a data source (``fashion-scenes:SEED`` specs, recipes' entries):
     endless unless ``n`` is given. ``split`` must be named (``train`` in training recipes, ``test``
     to evaluate); the spec string ``fashion-scenes:SEED`` means the test split."""
@@ -319,7 +275,6 @@ class FashionScenesSource(Source):
     name = "fashion-scenes"
     OPTIONAL_PATHS = ("root",)
     OPTIONS = {"seed": 0, "split": None, "image_size": 128, "max_objects": 4, "min_objects": 1, "verify": True}
-    ENDLESS = 2 ** 31 - 1
 
     def __init__(self, seed=0, split=None, image_size=128, max_objects=4, min_objects=1, verify=True, root=None,
                  on_bad_record="error"):
@@ -332,29 +287,9 @@ class FashionScenesSource(Source):
                                    verify=bool(verify))
         self.n: int | None = None
 
-    @property
-    def endless(self) -> bool:
-        return self.n is None
-
-    def limit(self, n: int) -> None:
-        self.n = int(n)
-
     def texts(self, limit: int | None = None) -> list[str]:
         n = min(limit or 20000, len(self))
         return [t for i in range(n) for t in sample_texts(self.world[i])]
 
-    def __len__(self) -> int:
-        return self.ENDLESS if self.n is None else self.n
-
-    @property
-    def classes(self) -> list[str]:
-        return fashion_classes()["image"]
-
-    @property
-    def object_labels(self) -> list[str]:
-        return fashion_classes()["object"]
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"fashion-scenes source has {len(self)} samples, index {index} is out of range")
-        return self.world[int(index)]
+    def _labels(self) -> dict[str, list[str]]:
+        return fashion_classes()

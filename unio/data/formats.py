@@ -213,19 +213,15 @@ def same_size(where: str, image: Image.Image, arr: np.ndarray, what: str) -> Non
                         f"{image.width}x{image.height}; they must have the same size")
 
 
-# ----------------------------------------------------------------------------- shapes world
-class ShapesSource(Source):
-    """The procedural shapes world (unio.data.shapes): endless unless ``n`` is given."""
+# ----------------------------------------------------------------------------- seeded worlds
+class WorldSource(Source):
+    """A seeded world (``self.world``) as a data source: endless unless ``n`` is given; a subclass
+    sets ``name``, opens its world and says its label sets (``_labels``)."""
 
-    name = "shapes"
-    OPTIONS = {"seed": 0, "image_size": 64, "max_objects": 4, "min_objects": 1}
-    ENDLESS = 2 ** 31 - 1  # ShapesWorld's own length: any index below it is a fresh scene
+    ENDLESS = 2 ** 31 - 1  # the worlds' own length: any index below it is a fresh scene
 
-    def __init__(self, seed=0, image_size=64, max_objects=4, min_objects=1, on_bad_record="error"):
-        super().__init__(on_bad_record)
-        self.world = ShapesWorld(image_size=int(image_size), seed=int(seed), max_objects=int(max_objects),
-                                 min_objects=int(min_objects))
-        self.n: int | None = None
+    def _labels(self) -> dict[str, list[str]]:
+        raise NotImplementedError
 
     @property
     def endless(self) -> bool:
@@ -234,28 +230,44 @@ class ShapesSource(Source):
     def limit(self, n: int) -> None:
         self.n = int(n)
 
-    def texts(self, limit: int | None = None) -> list[str]:
-        w = self.world
-        n = min(limit or 20000, len(self))
-        return list(shapes_texts(n, seed=w.seed, image_size=w.image_size, max_objects=w.max_objects))
-
     def __len__(self) -> int:
         return self.ENDLESS if self.n is None else self.n
 
     @property
     def classes(self) -> list[str]:
         """Image classes (classify), as every reader names them."""
-        return shapes_classes()["image"]
+        return self._labels()["image"]
 
     @property
     def object_labels(self) -> list[str]:
         """Object labels (detect, region tasks)."""
-        return shapes_classes()["object"]
+        return self._labels()["object"]
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
-            raise IndexError(f"shapes source has {len(self)} samples, index {index} is out of range")
+            raise IndexError(f"{self.name} source has {len(self)} samples, index {index} is out of range")
         return self.world[int(index)]
+
+
+class ShapesSource(WorldSource):
+    """The procedural shapes world (unio.data.shapes): endless unless ``n`` is given."""
+
+    name = "shapes"
+    OPTIONS = {"seed": 0, "image_size": 64, "max_objects": 4, "min_objects": 1}
+
+    def __init__(self, seed=0, image_size=64, max_objects=4, min_objects=1, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        self.world = ShapesWorld(image_size=int(image_size), seed=int(seed), max_objects=int(max_objects),
+                                 min_objects=int(min_objects))
+        self.n: int | None = None
+
+    def texts(self, limit: int | None = None) -> list[str]:
+        w = self.world
+        n = min(limit or 20000, len(self))
+        return list(shapes_texts(n, seed=w.seed, image_size=w.image_size, max_objects=w.max_objects))
+
+    def _labels(self) -> dict[str, list[str]]:
+        return shapes_classes()
 
 
 # ----------------------------------------------------------------------------- registry
