@@ -17,10 +17,11 @@ from typing import Any, Iterable
 
 import yaml
 
-from .data.formats import COMMON_KEYS, folder_keys, source_keys
+from .data.formats import COMMON_KEYS, folder_keys, pattern_keys, source_keys
 from .errors import CheckpointError, DataError, RecipeError, UnioError
-from .export import export_path
+from .export import ADAPTERS, export_kind, export_path
 from .model.configuration_unio import PRESETS, UnioConfig, _HIDDEN_FIELDS
+from .model.lora import DEFAULT_TARGETS, require_peft
 from .resources import data_path
 from .tasks import task_names
 
@@ -71,11 +72,21 @@ DEFAULTS: dict[str, Any] = {
         "keep_checkpoints": 2,     # most recent checkpoints kept (0: all)
         "seed": 0,
         "pad_to_multiple_of": 8,
+        "lora": None,              # LoRA adapters instead of full fine-tuning: a mapping of LORA_DEFAULTS' keys
     },
     "deepspeed": "recipes/deepspeed/zero0.json",  # a DeepSpeed JSON config, or zero0..zero3 / zero3-offload
     "out": "runs/unnamed",
 }
 _OPEN = {("model",)}  # sections whose keys are checked elsewhere (UnioConfig fields)
+# train.lora (off by default): `train.lora: {r: 8}`, `train.lora: true` (these defaults) or `--set train.lora.r=8`
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 16,                       # rank of each update B A
+    "alpha": 32.0,                 # the update is scaled by alpha / r
+    "targets": list(DEFAULT_TARGETS),  # module-name patterns (unio.model.lora): attention + MLP Linear layers
+    "dropout": 0.0,                # dropout on the adapters' input
+    "export": "merged",            # merged: a normal export; adapters: base name/path + adapter weights
+}
+_OPTIONAL = {("train", "lora"): LORA_DEFAULTS}  # sections that are off (null) unless a recipe sets them
 _PATHS = {"tokenizers": "dir", "prompts": "dir", "deepspeed": "file"}
 
 
@@ -116,6 +127,9 @@ def merge_defaults(raw: dict, defaults: dict = DEFAULTS, prefix: tuple = ()) -> 
     out = copy.deepcopy(defaults)
     for key, value in raw.items():
         keypath = prefix + (str(key),)
+        if keypath in _OPTIONAL:
+            out[key] = _optional_section(value, keypath)
+            continue
         if key not in defaults and prefix not in _OPEN:
             raise _unknown(keypath, defaults)
         default = defaults.get(key)
@@ -150,8 +164,10 @@ def apply_override(recipe: dict, item: str) -> None:
                 if defaults is not None and keypath[:-1] not in _OPEN:
                     raise _unknown(keypath, defaults)
                 node[part] = {}
+            if keypath in _OPTIONAL and not node[part]:  # setting one of its keys switches the section on
+                node[part] = copy.deepcopy(_OPTIONAL[keypath])
             node = node[part]
-            defaults = defaults.get(part) if isinstance(defaults, dict) else None
+            defaults = _OPTIONAL.get(keypath) or (defaults.get(part) if isinstance(defaults, dict) else None)
         else:
             raise RecipeError(f"{_dotted(keypath[:-1])} is a value, not a section; cannot set {key}")
     last = parts[-1]
@@ -167,6 +183,9 @@ def apply_override(recipe: dict, item: str) -> None:
         return
     if not isinstance(node, dict):
         raise RecipeError(f"{_dotted(keypath[:-1])} is a value, not a section; cannot set {key}")
+    if keypath in _OPTIONAL:
+        node[last] = _optional_section(value, keypath)
+        return
     if isinstance(defaults, dict) and keypath[:-1] not in _OPEN:
         if last not in defaults:
             raise _unknown(keypath, defaults)
@@ -229,6 +248,20 @@ def coerce(value, default, key: str):
     return value
 
 
+def _optional_section(value, keypath: tuple):
+    """An optional section's value: null/false (off), true (its defaults) or a mapping of its keys."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "null", ""):
+        value = value.strip().lower() in ("true", "yes", "on")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return copy.deepcopy(_OPTIONAL[keypath])
+    if not isinstance(value, dict):
+        raise RecipeError(f"{_dotted(keypath)} must be a mapping with keys {sorted(_OPTIONAL[keypath])} (true: "
+                          f"their defaults; null: off), got {value!r}")
+    return merge_defaults(value, _OPTIONAL[keypath], keypath)
+
+
 def _dotted(keypath: tuple) -> str:
     return ".".join(keypath)
 
@@ -265,14 +298,21 @@ def resolve_init(value, key: str = "model.init") -> str:
     elsewhere (:func:`unio.export.export_path`). Neither -> RecipeError naming ``key``."""
     p = Path(str(value)).expanduser()
     if (p if p.is_absolute() else Path.cwd() / p).is_dir():
-        return resolve_path(p, key, "dir", shipped=False)
+        return _whole_model(resolve_path(p, key, "dir", shipped=False), key)
     try:
         found = export_path(str(value))
     except CheckpointError as exc:
         raise RecipeError(f"{key}: {exc}") from None
     if not Path(found).is_dir():
         raise RecipeError(f"{key}: {value} is not a folder; give an export directory or a shipped model name")
-    return str(Path(found).resolve())
+    return _whole_model(str(Path(found).resolve()), key)
+
+
+def _whole_model(path: str, key: str) -> str:
+    if export_kind(path) == ADAPTERS:  # LoRA weights over a base: no whole model to start from
+        raise RecipeError(f"{key}: {path} holds LoRA adapters, not a whole model; export its run merged "
+                          "(unio export RUN OUT --lora merged) and start from that")
+    return path
 
 
 # ----------------------------------------------------------------------------- validation
@@ -309,6 +349,8 @@ def resolve(recipe: dict, source: str = "<recipe>") -> dict:
         raise RecipeError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1], got {t['lr']}, {t['min_lr_ratio']}")
     if len(t["betas"]) != 2:
         raise RecipeError(f"train.betas must be two numbers, got {t['betas']}")
+    if t["lora"] is not None:
+        _check_lora(t["lora"], model)
 
     d = recipe["data"]
     if d["on_bad_record"] not in ("error", "skip"):
@@ -364,6 +406,25 @@ def _check_model(model: dict) -> None:
         raise RecipeError(f"model.image_size {model['image_size']} must be a multiple of model.patch_size {model['patch_size']}")
 
 
+def _check_lora(lora: dict, model: dict) -> None:
+    if lora["r"] < 1:
+        raise RecipeError(f"train.lora.r must be an integer >= 1 (the adapters' rank), got {lora['r']}")
+    if lora["alpha"] <= 0:
+        raise RecipeError(f"train.lora.alpha must be > 0 (updates are scaled by alpha / r), got {lora['alpha']}")
+    if not 0 <= lora["dropout"] < 1:
+        raise RecipeError(f"train.lora.dropout must be in [0, 1), got {lora['dropout']}")
+    targets = lora["targets"]
+    if not targets or not all(isinstance(p, str) and p.strip() for p in targets):
+        raise RecipeError(f"train.lora.targets must list module-name patterns, e.g. {list(DEFAULT_TARGETS)}; "
+                          f"got {targets!r}")
+    if lora["export"] not in ("merged", "adapters"):
+        raise RecipeError(f"train.lora.export must be merged or adapters, got {lora['export']!r}")
+    if not model.get("init"):
+        raise RecipeError("train.lora adapts an existing model: set model.init to an export directory or a "
+                          "shipped model name (e.g. --set model.init=shapes-demo)")
+    require_peft()  # UnioError naming the install command, before any training starts
+
+
 def _check_tasks(tasks, key: str) -> None:
     for name in tasks:
         if name not in task_names():
@@ -391,6 +452,9 @@ def _check_source(spec, key: str, need_tasks: bool) -> dict:
             raise RecipeError(f"{key}.{k} is required for a {spec['source']} source (a path to your data)")
     for k in (*required, *optional):
         if out.get(k) not in (None, ""):
+            if k in pattern_keys(str(spec["source"])):  # a folder or a pattern of files: matched when opened
+                out[k] = str(Path.cwd() / Path(str(out[k])).expanduser())
+                continue
             kind = "dir" if k in folder_keys(str(spec["source"])) else "file"
             out[k] = resolve_path(out[k], f"{key}.{k}", kind, shipped=False)
     for k, default in options.items():

@@ -9,6 +9,7 @@ from ..data.formats import open_source
 from ..errors import RecipeError
 from ..evaluate import evaluate
 from ..model import UnioForConditionalGeneration
+from ..model.lora import copy_lora_structure
 from ..pipeline import Pipeline
 from ..tasks import get_task
 
@@ -65,7 +66,7 @@ class Evaluator:
         import deepspeed  # already imported (by the engine that runs ZeRO-3), with its accelerator chosen
 
         module = engine.module
-        copy = UnioForConditionalGeneration(module.config) if self.rank == 0 else None
+        copy = copy_lora_structure(module, UnioForConditionalGeneration(module.config)) if self.rank == 0 else None
         target = dict(copy.named_parameters()) if copy is not None else {}
         for name, param in module.named_parameters():
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.formats import open_source
 from ..data.mixture import ExampleDataset, Mixture, RankBatchSampler
+from ..model.lora import lora_settings, parameter_counts
 from ..model.modeling_unio import shift_tokens_right
 from ..recipe import load_recipe
 from ..tasks import TaskContext
@@ -80,6 +81,10 @@ def train(recipe: dict, resume: bool = False, stop_after: int | None = None) -> 
                                prompts_dir=recipe["prompts"], classes=classes, num_bins=recipe["num_bins"])
     ctx.add_task_prompts({k for s in d["train"] for k in s["tasks"]} | set(d["eval_tasks"] or []))
     model = build_model(recipe, ctx)
+    if rank == 0 and lora_settings(model):
+        trainable, total = parameter_counts(model)
+        tqdm.write(f"LoRA r={t['lora']['r']} on {len(lora_settings(model)['modules'])} Linear layers: {trainable:,} "
+                   f"trainable parameters of {total:,} ({100 * trainable / total:.2f}%)")
     if rank == 0:  # what export needs besides the weights: the run directory stands on its own
         model.config.save_pretrained(run)
         (run / "classes.json").write_text(json.dumps(classes))

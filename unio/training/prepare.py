@@ -17,6 +17,7 @@ from ..data.collate import collate
 from ..data.formats import open_source
 from ..errors import CheckpointError, RecipeError
 from ..model import UnioConfig, UnioForConditionalGeneration
+from ..model.lora import add_lora
 from ..prompts import Prompts
 from ..recipe import model_overrides, save_recipe
 from ..tasks import get_task
@@ -91,15 +92,21 @@ def run_classes(recipe: dict, sources) -> dict:
 
 
 def build_model(recipe: dict, ctx):
-    """The model at step 0: the ``model.init`` export's weights, else a seeded random preset."""
+    """The model at step 0: the ``model.init`` export's weights, else a seeded random preset; with
+    ``train.lora``, LoRA adapters on it and everything else frozen."""
     m = recipe["model"]
     torch.manual_seed(recipe["train"]["seed"])
     if m["init"]:  # overrides (e.g. dropout) apply to the config before the modules are built
-        return UnioForConditionalGeneration.from_pretrained(m["init"], vocab=ctx.vocab, dtype=torch.float32,
-                                                            **model_overrides(m))
-    config = UnioConfig.preset(m["preset"], vocab=ctx.vocab, image_size=m["image_size"],
-                               patch_size=m["patch_size"], **model_overrides(m))
-    return UnioForConditionalGeneration(config)
+        model = UnioForConditionalGeneration.from_pretrained(m["init"], vocab=ctx.vocab, dtype=torch.float32,
+                                                             **model_overrides(m))
+    else:
+        config = UnioConfig.preset(m["preset"], vocab=ctx.vocab, image_size=m["image_size"],
+                                   patch_size=m["patch_size"], **model_overrides(m))
+        model = UnioForConditionalGeneration(config)
+    lora = recipe["train"].get("lora")
+    if lora:
+        add_lora(model, r=lora["r"], alpha=lora["alpha"], targets=lora["targets"], dropout=lora["dropout"])
+    return model
 
 
 def make_example(task_name: str, sample: dict, rng, ctx):

@@ -3,7 +3,10 @@ the run, the recipe file and command lines that trained it, the export it was fi
 the steps of the whole lineage, all recorded in its ``unio.json``.
 
 The export directory format itself is :mod:`unio.export`'s; this module reads a run's checkpoint
-(:mod:`.checkpoint`) and hands the model to :func:`unio.export.save_export`.
+(:mod:`.checkpoint`) and hands the model to :func:`unio.export.save_export`. A LoRA run
+(``train.lora``) exports its adapters merged into the weights (a normal export), or as an adapter
+export over its ``model.init`` (:func:`unio.export.save_adapters`), as ``train.lora.export`` or
+the ``lora`` argument says.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import torch
 import yaml
 
 from ..errors import CheckpointError, InputError
-from ..export import save_export
+from ..export import save_adapters, save_export
 from ..model import UnioConfig, UnioForConditionalGeneration
+from ..model.lora import add_lora, lora_settings, merge_lora
 from ..tasks import TaskContext
 from .checkpoint import CKPT_DIR, consolidated_state_dict, latest_tag
 
@@ -24,10 +28,11 @@ __all__ = ["export", "INIT_RECORD", "provenance", "lineage"]
 INIT_RECORD = "init.json"  # the model.init export's lineage, written in the run directory when a run starts
 
 
-def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None) -> Path:
+def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None, lora: str | None = None) -> Path:
     """Write the export directory ``unio.load`` reads from a run's checkpoint (default: the latest),
     consolidating ZeRO shards into full fp32 weights; ``dtype`` ("float16", "bfloat16") stores the
-    weights at lower precision (half the size; ``unio.load`` casts them to the dtype it runs in)."""
+    weights at lower precision (half the size; ``unio.load`` casts them to the dtype it runs in).
+    For a LoRA run, ``lora`` ("merged" or "adapters") overrides the recipe's ``train.lora.export``."""
     run = Path(run_dir)
     ckpt_dir = run / CKPT_DIR
     if not (run / "config.json").is_file() or not ckpt_dir.is_dir():
@@ -43,19 +48,31 @@ def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None) 
             have = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("step"))
             raise CheckpointError(f"no checkpoint for step {step} in {ckpt_dir}; available: {', '.join(have) or 'none'}")
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    adapters = (recipe.get("train") or {}).get("lora")
+    if lora not in (None, "merged", "adapters"):
+        raise InputError(f"lora must be merged or adapters, got {lora!r}")
+    if lora and not adapters:
+        raise InputError(f"{run} is not a LoRA run (its recipe has no train.lora); drop --lora")
+    mode = (lora or adapters["export"]) if adapters else None
     config = UnioConfig.from_pretrained(str(run))
     state = consolidated_state_dict(ckpt_dir, tag)
     model = UnioForConditionalGeneration(config)
+    if adapters:  # the same adapters as in training, then the checkpoint's weights
+        add_lora(model, r=adapters["r"], alpha=adapters["alpha"], targets=adapters["targets"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if k.endswith("embed_tokens.weight") or k.startswith("lm_head")}
     if set(missing) - tied or unexpected:
         raise CheckpointError(f"checkpoint {ckpt_dir / tag} does not match the run's model config: missing "
                               f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
     model.tie_weights()
+    settings = lora_settings(model)
+    if mode == "merged":
+        merge_lora(model)
     if dtype not in (None, "float32"):
         if dtype not in ("float16", "bfloat16"):
             raise InputError(f"export dtype {dtype!r} is not supported; use float32, float16 or bfloat16")
-        model.to(getattr(torch, dtype))
+        if mode != "adapters":  # adapters: only their own weights are stored, at that dtype
+            model.to(getattr(torch, dtype))
     classes = json.loads((run / "classes.json").read_text()) if (run / "classes.json").is_file() else {}
     ctx = TaskContext.from_dir(run / "tokenizers", image_size=config.image_size, patch_size=config.patch_size,
                                prompts_dir=run / "prompts" if (run / "prompts").is_dir() else recipe.get("prompts"),
@@ -63,7 +80,12 @@ def export(run_dir, out_dir, step: int | None = None, dtype: str | None = None) 
                                num_bins=(config.vocab_layout or {}).get("num_bins", 1000))
     meta = {"step": int(tag[4:]), "trained": True, "preset": recipe.get("model", {}).get("preset"),
             **provenance(run, recipe, int(tag[4:]))}
-    out = save_export(out_dir, model, ctx, meta)
+    if mode == "adapters":
+        out = save_adapters(out_dir, model, ctx, recipe["model"]["init"], meta, dtype=dtype)
+    else:
+        if mode == "merged":
+            meta["lora"] = {**settings, "export": "merged"}
+        out = save_export(out_dir, model, ctx, meta)
     print(f"wrote {out} from {ckpt_dir / tag}")
     return out
 
