@@ -111,7 +111,11 @@ def test_tensorboard_forgets_steps_after_the_checkpoint_on_resume(runs, tmp_path
 
     from unio.training import train
 
+    from tensorboard.summary.writer import event_file_writer
+
     monkeypatch.chdir(ROOT)
+    # Writers of one process number their files; 9 then 10 sorts the resumed file first by name.
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
     run = tmp_path / "run"
     train(_recipe(runs["tmp"], run, "data.eval=[]"), stop_after=6)  # logged 1..6, last checkpoint at 4
     train(_recipe(runs["tmp"], run, "data.eval=[]"), resume=True)  # steps 5..8 again

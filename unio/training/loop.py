@@ -222,6 +222,13 @@ def _tensorboard(run: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter  # optional (the dev extra installs it)
     except Exception:
         return None
+    # TensorBoard reads a folder's event files in name order, and a name starts with the second it
+    # was made in; within one second the order falls to a per-process counter ("10" before "9").
+    # A resumed run's file must come last for its purge to apply, so it starts in a later second.
+    stamps = [int(p.name.split(".")[3]) for p in (run / "tb").glob("events.out.tfevents.*")
+              if p.name.split(".")[3].isdigit()]
+    if stamps and time.time() < max(stamps) + 1:
+        time.sleep(max(stamps) + 1 - time.time())
     return SummaryWriter(str(run / "tb"), purge_step=purge_step)
 
 
