@@ -126,6 +126,19 @@ def _cmd_serve(args):
     return serve(args)
 
 
+def _world_arguments(s, out: str, image_size: int, items: str) -> None:
+    """The options ``unio shapes`` and ``unio fashion`` share: how many, where, which seed and size."""
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--out", default=out)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=image_size)
+    s.add_argument("--max-objects", type=int, default=4)
+    s.add_argument("--texts", metavar="FILE", help="instead of a preview, write every caption, question, answer "
+                   f"and expression of the n {items} to FILE (a text-tokenizer corpus)")
+    s.add_argument("--prompts", nargs="*", default=[], metavar="YAML",
+                   help="with --texts: also add these prompt template files (e.g. prompts/*.yaml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unio", description="Unified sequence-to-sequence vision-language models.")
     p.add_argument("--version", action="version", version=_version())
@@ -275,31 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_tokenizer)
 
     s = sub.add_parser("shapes", help="preview the built-in shapes world: a picture grid + annotations")
-    s.add_argument("--n", type=int, default=16)
-    s.add_argument("--out", default="shapes-preview")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--max-objects", type=int, default=4)
-    s.add_argument("--texts", metavar="FILE", help="instead of a preview, write every caption, question, answer "
-                   "and expression of the n samples to FILE (a text-tokenizer corpus)")
-    s.add_argument("--prompts", nargs="*", default=[], metavar="YAML",
-                   help="with --texts: also add these prompt template files (e.g. prompts/*.yaml)")
+    _world_arguments(s, "shapes-preview", 64, "samples")
     s.set_defaults(func=_cmd_shapes)
 
     s = sub.add_parser("fashion", help="preview the fashion-scenes world (real Fashion-MNIST photos): a picture "
                        "grid + annotations")
-    s.add_argument("--n", type=int, default=16)
-    s.add_argument("--out", default="fashion-preview")
-    s.add_argument("--seed", type=int, default=0)
+    _world_arguments(s, "fashion-preview", 128, "scenes")
     s.add_argument("--split", default="train", choices=["train", "test"], help="scenes of the training or test photos")
-    s.add_argument("--image-size", type=int, default=128)
-    s.add_argument("--max-objects", type=int, default=4)
     s.add_argument("--root", default=None, help="folder of the Fashion-MNIST IDX files (default: $UNIO_FASHION_MNIST, "
                    "else Debian's /usr/share/datasets/fashion-mnist)")
-    s.add_argument("--texts", metavar="FILE", help="instead of a preview, write every caption, question, answer "
-                   "and expression of the n scenes to FILE (a text-tokenizer corpus)")
-    s.add_argument("--prompts", nargs="*", default=[], metavar="YAML",
-                   help="with --texts: also add these prompt template files (e.g. prompts/*.yaml)")
     s.set_defaults(func=_cmd_fashion)
 
     s = sub.add_parser("demo", help="the shipped shapes-demo model doing every task, with a picture sheet "
