@@ -159,3 +159,24 @@ def test_bad_arguments(onnx_demo, micro_export, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
     with pytest.raises(BackendError, match=r"pip install \"unio\[onnx\]\""):
         unio.load(onnx_demo, backend="onnxruntime")
+
+
+def test_the_command_line_runs_onnxruntime(onnx_demo, images, tmp_path, capsys):
+    """unio predict and unio eval take --backend onnxruntime and answer as torch does."""
+    import json
+    path = tmp_path / "a.png"
+    images[0].save(path)
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.jsonl"
+        assert cli(["predict", "detect", str(path), "--model", str(onnx_demo), "--backend", backend,
+                    "--out", str(out)]) in (0, None)
+        outs[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["labels"] for r in outs["torch"]] == [r["labels"] for r in outs["onnxruntime"]]
+    assert cli(["eval", "--model", str(onnx_demo), "--backend", "onnxruntime", "--tasks", "vqa", "--n", "4",
+                "--data", "shapes:5", "--out", str(tmp_path / "m.json")]) in (0, None)
+    run = json.loads((tmp_path / "m.json").read_text())["run"]
+    assert run["backend"] == "onnxruntime"
+    assert cli(["predict", "detect", str(path), "--model", str(onnx_demo), "--backend", "onnxruntime",
+                "--option", "num_beams=3"]) != 0
+    assert "backend='torch'" in capsys.readouterr().err

@@ -219,7 +219,7 @@ def _n_for(n, name: str) -> int:
 
 def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 32, *, device=None, seed: int = 0,
              options: dict | None = None, progress: bool = True, return_details: bool = False,
-             predictions=None, bootstrap: int = 0):
+             predictions=None, bootstrap: int = 0, backend: str = "torch"):
     """Evaluate ``model`` (an export directory, a shipped model name or a :class:`~unio.Pipeline`)
     on ``data`` (see :func:`parse_data_spec`), task by task.
 
@@ -252,7 +252,8 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
             get_task(name)
     options = _check_option_scopes(options, named)
     source, entry = open_data(data)  # input errors before the (slower) model load
-    pipe = model if isinstance(model, Pipeline) else load(model, device=device, batch_size=batch_size)
+    pipe = model if isinstance(model, Pipeline) else load(model, device=device, batch_size=batch_size,
+                                                          backend=backend)
     task_objs, explicit, skipped_tasks = _task_list(pipe, tasks)
     task_options = {t.name: options_for(t.name, options) for t in task_objs}
     samples = _Samples(source)
@@ -301,7 +302,7 @@ def evaluate(model, data="shapes:1", tasks=None, n=DEFAULT_N, batch_size: int = 
         "versions": _versions(), "seconds": round(time.perf_counter() - start_all, 3),
         "skipped_tasks": skipped_tasks,
         "options": {("*" if k is None else k): dict(v) for k, v in options.items()},
-        "bootstrap": int(bootstrap),
+        "bootstrap": int(bootstrap), "backend": "torch" if isinstance(model, Pipeline) else backend,
         "task_defaults": getattr(pipe, "task_defaults", {}),
     }
     if predictions_path is not None:
@@ -411,7 +412,8 @@ def main(args) -> int:
     options = parse_options(getattr(args, "options", None))
     results = evaluate(args.model, args.data, tasks=tasks, n=args.n, batch_size=args.batch_size,
                        device=args.device, seed=getattr(args, "seed", 0), options=options,
-                       predictions=getattr(args, "predictions", None), bootstrap=getattr(args, "bootstrap", 0) or 0)
+                       predictions=getattr(args, "predictions", None), bootstrap=getattr(args, "bootstrap", 0) or 0,
+                       backend=getattr(args, "backend", "torch"))
     print(format_table(results))
     if results["run"].get("predictions"):
         print(f"wrote {results['run']['predictions']}")

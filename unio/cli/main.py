@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "end, and exits with status 1 (0 when every image was read)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="run the network in torch, or in onnxruntime from the ONNX graphs that "
+                        "`unio export DIR OUT --onnx` wrote (beam search needs torch)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; one "
                    "thread each when another torch job shares the cores)")
     s.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -202,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write one JSON line per example: prompt, prediction, truth and its own score")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--device", default=None)
+    s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="run the network in torch, or in onnxruntime from the ONNX graphs that "
+                        "`unio export DIR OUT --onnx` wrote (beam search needs torch)")
     s.add_argument("--seed", type=int, default=0, help="which item of each sample is asked, and image sampling")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--option", dest="options", action="append", default=[], metavar="[TASK.]KEY=VALUE",
@@ -330,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", default=None, help="bearer token clients must send (default: $UNIO_SERVE_TOKEN)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="run the network in torch, or in onnxruntime from the ONNX graphs that "
+                        "`unio export DIR OUT --onnx` wrote (beam search needs torch)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_cmd_serve)
 

@@ -93,7 +93,7 @@ def main(args) -> int:
     viz_dir = Path(args.viz) if args.viz else None
 
     set_threads(getattr(args, "threads", None))
-    pipe = unio.load(args.model, device=args.device)
+    pipe = unio.load(args.model, device=args.device, backend=getattr(args, "backend", "torch"))
     pipe.progress = True
     # a picture answer (inpaint, depth) is made at the file's full size; other answers need only S pixels
     side = None if task.picture_files else READ_SIDE * pipe.ctx.image_size

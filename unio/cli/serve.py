@@ -26,12 +26,13 @@ def main(args) -> int:
     limits = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                   timeout=args.timeout, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
     run(args.model, args.host, args.port, token=args.token, device=args.device, threads=args.threads,
-        log_level=args.log_level, **limits)
+        log_level=args.log_level, backend=getattr(args, "backend", "torch"), **limits)
     return 0
 
 
 def run(model, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None, device=None,
-        threads: int | None = None, log_level: str = "info", announce=None, **limits) -> None:
+        threads: int | None = None, log_level: str = "info", announce=None, backend: str = "torch",
+        **limits) -> None:
     """Check what can be checked, load ``model`` and serve it (the API and the page at ``/``) until
     interrupted. ``announce(url, pipe)``, when given, is called once the model is loaded."""
     token = resolve_token(token)
@@ -43,7 +44,7 @@ def run(model, host: str = "127.0.0.1", port: int = 8000, *, token: str | None =
     path = export_path(model)              # an unknown model name fails here, in a second
     if threads:
         torch.set_num_threads(int(threads))
-    pipe = unio.load(path, device=device)
+    pipe = unio.load(path, device=device, backend=backend)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(f"unio serve: {path} ({', '.join(pipe.tasks)}) on {url} (batches of up to {lim.max_batch}, "
           f"{lim.max_wait_ms:g} ms window{', token required' if token else ''}; a page to try it: {url}/)",
