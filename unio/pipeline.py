@@ -3,7 +3,7 @@
     >>> pipe = unio.load("path/to/export")      # an export directory (unio.export) or a shipped name
     >>> pipe.detect("street.jpg")               # [Detection(box=(x1, y1, x2, y2), label=..., score=...)]
     >>> pipe.caption(["a.jpg", "b.jpg"])        # lists are batched inside (batch_size)
-    >>> pipe.run("ground", "street.jpg", expression="the red car")   # any registered task by name
+    >>> pipe.run(task, "street.jpg", **inputs)   # any registered task by name, e.g. ground + expression=...
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from .images import check_box, letterbox, load_image
 from .model.decoding import greedy_decode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
 from .tasks.constraints import AllowedIdsProcessor
-from .tasks.dense import image_codes
-from .tasks.image_gen import to_pil
+from .tasks import classify, detect, ground, text
+from .tasks.dense import Depth, Segment, image_codes
+from .tasks.image_gen import GenerateImage, Inpaint, to_pil
 
 __all__ = ["load", "Pipeline", "Run", "Box", "Detection", "Label"]
 
@@ -90,7 +91,7 @@ class Run:
 class Pipeline:
     """One model, every task. Each method takes one item or a list (batched with ``batch_size``).
 
-    :meth:`run` is the one path (``pipe.run("ground", image, expression="the red circle")``);
+    :meth:`run` is the one path (``pipe.run(task_name, image, **inputs, **options)``);
     the named methods (:meth:`caption`, :meth:`detect`, ...) are conveniences over it that
     name the task's inputs as positional arguments. Options are the task's own (see
     ``unio.tasks.get_task(name).option_specs()``): checked and typed before the model runs.
@@ -127,7 +128,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the one path
     def run(self, task: str, image=None, *, batch_size=None, **kwargs):
-        """Any registered task by name: ``pipe.run("ground", image, expression="the red circle")``.
+        """Any registered task by name: ``pipe.run(name, image, **inputs)`` (ground: ``expression=...``).
 
         ``kwargs`` are the task's inputs (``question``, ``expression``, ``box``, ``text``: one, or a
         list with one per image; with ONE image, a list asks all of them about that image in one
@@ -213,48 +214,48 @@ class Pipeline:
     # ------------------------------------------------------------------ named conveniences over run()
     def caption(self, image, **options):
         """A caption of each image (str)."""
-        return self.run("caption", image, **options)
+        return self.run(text.Caption.name, image, **options)
 
     def ask(self, image, question, **options):
         """The answer (str) to ``question`` about each image (visual question answering)."""
-        return self.run("vqa", image, question=question, **options)
+        return self.run(text.VQA.name, image, question=question, **options)
 
     def classify(self, image, labels=None, **options):
         """The label (a ``str`` with a ``.score``) among ``labels`` (default: the model's image classes)."""
-        return self.run("classify", image, labels=labels, **options)
+        return self.run(classify.Classify.name, image, labels=labels, **options)
 
     def detect(self, image, **options):
         """Detections sorted by score; ``top_p`` samples (Pix2Seq), ``threshold`` drops low scores."""
-        return self.run("detect", image, **options)
+        return self.run(detect.Detect.name, image, **options)
 
     def ground(self, image, expression, **options):
         """The :class:`Box` (original pixels) of the object ``expression`` refers to (None if none)."""
-        return self.run("ground", image, expression=expression, **options)
+        return self.run(ground.Ground.name, image, expression=expression, **options)
 
     def describe_region(self, image, box, **options):
         """A short description (str) of the object inside ``box`` (x1, y1, x2, y2 pixels)."""
-        return self.run("describe_region", image, box=box, **options)
+        return self.run(text.DescribeRegion.name, image, box=box, **options)
 
     def classify_region(self, image, box, labels=None, **options):
         """The label of the object inside ``box`` (default labels: the model's object classes)."""
-        return self.run("classify_region", image, box=box, labels=labels, **options)
+        return self.run(classify.ClassifyRegion.name, image, box=box, labels=labels, **options)
 
     def segment(self, image, expression, **options):
         """Bool mask (H, W) of the original image; ``refine=False`` reads the codes alone (no guide)."""
-        return self.run("segment", image, expression=expression, **options)
+        return self.run(Segment.name, image, expression=expression, **options)
 
     def depth(self, image, **options):
         """Depth float32 (H, W) of the original image (units of the image tokenizer's depth range);
         ``refine=False`` reads the codes alone (no guide)."""
-        return self.run("depth", image, **options)
+        return self.run(Depth.name, image, **options)
 
     def generate_image(self, text, **options):
         """PIL image(s) from text; ``guidance`` > 1 applies classifier-free guidance (1: none).
 
         ``candidates`` = k > 1 samples k images per text and keeps the one that matches the text
-        best by ``rerank``: ``"recaption"`` (the default where the model has a caption prompt), the
+        best by ``rerank``: ``recaption`` (the default where the model has a caption prompt), the
         model captions each drawn picture and the one whose caption names most of the text wins,
-        ties going to ``"caption"``, the text's log-likelihood as the caption of the picture under
+        ties going to ``caption``, the text's log-likelihood as the caption of the picture under
         the model itself; ``"pmi"``, log p(image | text) - log p(image) under the model, which needs
         no caption prompt. Each costs about k times the sampling. Options left out take the model's
         ``task_defaults`` (``unio.json``), else top_p 0.9, temperature 1.0, no guidance and one
@@ -262,11 +263,11 @@ class Pipeline:
         """
         if isinstance(text, (list, tuple)) and not text:
             raise InputError("generate_image got an empty list of texts")
-        return self.run("generate_image", text=text, **options)
+        return self.run(GenerateImage.name, text=text, **options)
 
     def inpaint(self, image, box, text, **options):
         """The image with the box redrawn to show ``text`` (content generated inside the box only)."""
-        return self.run("inpaint", image, box=box, text=text, **options)
+        return self.run(Inpaint.name, image, box=box, text=text, **options)
 
     # ------------------------------------------------------------------ scoring, raw generation, parsing
     @torch.inference_mode()
@@ -278,7 +279,7 @@ class Pipeline:
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise InputError("score needs a non-empty list of non-empty texts")
         images = list(image) if _is_batch(image) else [image]
-        task = get_task("caption")
+        task = get_task(text.Caption.name)
         pairs = []
         for im in images:
             base = task.build({"image": load_image(im)}, self.ctx)
@@ -468,7 +469,7 @@ def _broadcast(name: str, value, n: int, batch: bool) -> list:
 
 def _task_defaults(meta: dict) -> dict[str, dict]:
     """``unio.json``'s optional ``task_defaults`` ({task: {option: value}}: decoding defaults chosen
-    for this model, e.g. ``{"generate_image": {"guidance": 2.5, "temperature": 0.6}}``), checked."""
+    for this model, e.g. guidance 2.5 and temperature 0.6 for generate_image), checked."""
     raw = meta.get("task_defaults") or {}
     where = f"{meta.get('path', 'the export')}/{META_NAME}"
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
