@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules: one torch thread, the shipped shapes tokenizers, and
 untrained micro exports (the API, CLI, evaluation and demo run on them in seconds)."""
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,16 @@ def shipped_tokenizers() -> Path:
     d = data_path("tokenizers", "shapes")
     assert (d / "text.model").is_file() and (d / "image" / "config.json").is_file(), d
     return d
+
+
+def stop(proc) -> None:
+    """End a server started by a test: terminate, then kill if it does not go within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def write_micro_tokenizers(folder, image_tokenizer: bool = True) -> Path:

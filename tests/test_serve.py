@@ -28,6 +28,7 @@ httpx = pytest.importorskip("httpx")
 
 from unio.serving import create_app  # noqa: E402  (after the skip: needs the web stack)
 from unio.serving.inputs import jsonable  # noqa: E402
+from conftest import stop  # noqa: E402
 
 BOX = [4.0, 6.0, 40.0, 44.0]
 # (task, its inputs, options) for every task the micro model has; sampled tasks get a seed, so
@@ -444,9 +445,4 @@ def test_the_real_server_answers_on_loopback(micro, micro_export, images):
             assert r.json()["text"] == micro.ask(image, "how many?")
             assert client.post("/v1/vqa", data={"question": "x"}).status_code == 401
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)

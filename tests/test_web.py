@@ -37,6 +37,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from unio.serving import create_app  # noqa: E402  (after the skips: needs the web stack)
+from conftest import stop  # noqa: E402
 
 try:
     from selenium import webdriver
@@ -153,12 +154,7 @@ def server():
                 time.sleep(0.2)
         yield url, line
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         reader.join(timeout=10)
 
 
