@@ -27,6 +27,7 @@ import torch
 import unio
 from unio.data.shapes import ShapesWorld
 from unio.data.shapes_judge import judge_many
+from unio.metrics import mean_interval95
 
 
 def typed_form(caption: str) -> str:
@@ -36,12 +37,6 @@ def typed_form(caption: str) -> str:
                    "at the bottom", "on the left", "on the right", "in the center"):
         first = first.replace(" " + phrase, "")
     return first.strip()
-
-
-def interval(values, rng, resamples: int = 2000) -> list[float]:
-    values = np.asarray(values, dtype=np.float64)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def main(argv=None) -> dict:
@@ -77,7 +72,7 @@ def main(argv=None) -> dict:
             judged = judge_many(pictures, texts[form])
             ok = [v.ok for v in judged["verdicts"] if v is not None]
             row = {"form": form, "candidates": k, "consistency": judged["consistency"],
-                   "consistency_ci95": interval(ok, rng), "by_objects": judged["by_objects"],
+                   "consistency_ci95": mean_interval95(ok, rng), "by_objects": judged["by_objects"],
                    "object_recall": judged["object_recall"], "all_found": judged["all_found"],
                    "extra_rate": judged["extra_rate"], "position_accuracy": judged["position_accuracy"],
                    "seconds_per_text": seconds, "options": options}

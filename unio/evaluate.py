@@ -47,6 +47,7 @@ from . import __version__
 from .data.specs import open_data, spec_text
 from .errors import DataError, InputError, TaskError, UnioError
 from .images import load_image
+from .metrics import interval95, mean_interval95
 from .pipeline import Pipeline, load, options_for
 from .tasks import get_task, task_names
 from .tasks.options import parse_options
@@ -324,8 +325,7 @@ def intervals(task, rows: list[dict], predictions, examples, samples, bootstrap:
                            and r.get(key) is not None], dtype=np.float64)
         values = values[np.isfinite(values)]
         if len(values) >= 2:
-            means = values[rng.integers(0, len(values), (MEAN_RESAMPLES, len(values)))].mean(axis=1)
-            out[f"{metric}_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+            out[f"{metric}_ci95"] = mean_interval95(values, rng, MEAN_RESAMPLES)
     headline = task.headline
     if bootstrap and hasattr(task, "metric_intervals") and len(examples) >= 2:  # the task's own, faster way
         out.update(task.metric_intervals(predictions, examples, samples, int(bootstrap), int(seed)))
@@ -338,7 +338,7 @@ def intervals(task, rows: list[dict], predictions, examples, samples, bootstrap:
             if isinstance(got, (int, float)) and math.isfinite(got):
                 figures.append(float(got))
         if figures:
-            out[f"{headline}_ci95"] = [float(np.percentile(figures, 2.5)), float(np.percentile(figures, 97.5))]
+            out[f"{headline}_ci95"] = interval95(figures)
     return out
 
 

@@ -25,7 +25,7 @@ from .errors import InputError
 __all__ = [
     "caption_tokens", "bleu", "bleu4", "cider", "cider_scores", "text_recall", "normalize_answer", "exact_match",
     "accuracy", "vqa_accuracy", "box_iou", "grounding_acc", "coco_detection_map", "mask_iou", "miou", "depth_metrics",
-    "psnr",
+    "psnr", "interval95", "mean_interval95",
 ]
 
 
@@ -264,6 +264,17 @@ def _field(item, name: str, index: int):
     return item[index] if isinstance(item, (tuple, list)) and len(item) > index else None
 
 
+def interval95(draws) -> list[float]:
+    """[2.5th, 97.5th] percentile of bootstrap draws: a 95% percentile interval (Efron & Tibshirani, 1993)."""
+    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+
+
+def mean_interval95(values, rng: np.random.Generator, resamples: int = 2000) -> list[float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (resampled with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    return interval95(values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1))
+
+
 def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[Sequence],
                        categories: Sequence[str] | None = None, resamples: int = 0, seed: int = 0) -> dict:
     """COCO box mAP (IoU .50:.95), mAP@.50 and mAP@.75 through pycocotools' COCOeval.
@@ -351,8 +362,7 @@ def _coco_intervals(ev, resamples: int, rng) -> dict:
             ev.accumulate()
             draws.append(_coco_aps(ev))
     draws = np.asarray(draws)
-    return {f"{k}_ci95": [float(np.percentile(draws[:, j], 2.5)), float(np.percentile(draws[:, j], 97.5))]
-            for j, k in enumerate(("map", "map50", "map75"))}
+    return {f"{k}_ci95": interval95(draws[:, j]) for j, k in enumerate(("map", "map50", "map75"))}
 
 
 # ---------------------------------------------------------------------- dense outputs
