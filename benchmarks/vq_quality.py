@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     tok = ImageTokenizer.load(args.tokenizer, device=args.device)
 
     t = time.perf_counter()
-    quality = evaluate(tok, "shapes", n=args.n, seed=args.seed, batch_size=args.batch_size)
+    quality = evaluate(tok, "shapes", n=args.n, seed=args.seed, batch_size=args.batch_size, calibrate=True)
     eval_s = time.perf_counter() - t
     world = ShapesWorld(image_size=tok.image_size, seed=args.seed)
     n_speed = min(args.n, 200)
