@@ -143,7 +143,9 @@ def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None
         if "seed" in task.options:
             run_options["seed"] = int(seed) * 100003 + c  # a fixed generator per batch: reproducible sampling
         run_options.update(user_options or {})
-        images = None if not task.needs_image else [load_image(s["image"]) for s in samples[start:start + len(chunk)]]
+        images = None if not task.needs_image else [
+            load_image(s["image"]) if task.num_images == 1 else [load_image(x) for x in s["images"]]
+            for s in samples[start:start + len(chunk)]]
         result = pipe.run(task.name, images, batch_size=len(chunk), **inputs, **run_options)
         out.extend(result if isinstance(result, list) else [result])
         if bar is not None:

@@ -23,10 +23,11 @@ from .errors import CheckpointError, InputError, TaskError, UnioError
 from . import export
 from .export import META_NAME, export_path, load_export
 from .backends.ort import load_onnx_export
-from .images import check_box, letterbox, load_image
+from .images import letterbox, load_image
 from .model.decoding import greedy_decode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
 from .tasks.constraints import AllowedIdsProcessor
+from .tasks.inputs import broadcast, count_items, is_batch, several_image_items
 from .tasks import classify, detect, ground, text
 from .tasks.dense import Depth, Segment, image_codes
 from .tasks.image_gen import GenerateImage, Inpaint, to_pil
@@ -155,16 +156,22 @@ class Pipeline:
         if t.needs_image:
             if image is None:
                 raise TaskError(f"task {task!r} needs an image")
-            batch = _is_batch(image)
-            asks = {k: _count(k, v) for k, v in inputs.items()} if not batch else {}
-            many = max((c for c in asks.values() if c is not None), default=None)
             # A file far larger than the model's input is decoded small (JPEG draft), and answers
             # still come back in its own pixels; tasks answering with a full-size picture read it all.
             side = None if t.picture_files else READ_SIDE * self.ctx.image_size
-            if many is not None:  # one image, a list of questions / expressions / boxes: read it once
-                one = load_image(image, max_side=side)
-                batch, rows = True, [{"image": one}] * many
+            if t.num_images != 1:  # pairs, clips: an item is several pictures (a list, a folder, a video)
+                frames = options.get("frames", getattr(t.options.get("frames"), "default", None))
+                items, batch = several_image_items(image, t.num_images, frames, side)
+                rows = [{"images": ims} for ims in items]
             else:
+                batch = is_batch(image)
+                rows = None
+            asks = {k: count_items(k, v) for k, v in inputs.items()} if not batch else {}
+            many = max((c for c in asks.values() if c is not None), default=None)
+            if many is not None:  # one item, a list of questions / expressions / boxes: read it once
+                one = rows[0] if rows else {"image": load_image(image, max_side=side)}
+                batch, rows = True, [one] * many
+            elif rows is None:
                 rows = [{"image": load_image(im, max_side=side)} for im in (list(image) if batch else [image])]
         else:
             batch = not isinstance(inputs[t.text_input], str)
@@ -172,7 +179,7 @@ class Pipeline:
         n = len(rows)
         if not n:
             raise InputError(f"{task} got an empty list of {'images' if t.needs_image else t.text_input + 's'}")
-        columns = {k: _broadcast(k, v, n, batch) for k, v in inputs.items()}
+        columns = {k: broadcast(k, v, n, batch) for k, v in inputs.items()}
         own, gen = t.split_options(options)
         examples = [t.build(row, self.ctx, None, **{k: columns[k][i] for k in columns}, **own)
                     for i, row in enumerate(rows)]
@@ -278,7 +285,7 @@ class Pipeline:
         texts = list(texts)
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise InputError("score needs a non-empty list of non-empty texts")
-        images = list(image) if _is_batch(image) else [image]
+        images = list(image) if is_batch(image) else [image]
         task = get_task(text.Caption.name)
         pairs = []
         for im in images:
@@ -287,14 +294,14 @@ class Pipeline:
                 pairs.append(Example(**{**base.__dict__, "labels": self.ctx.encode_text(t) + [self.ctx.vocab.eos_id]}))
         scores = self.target_loglik(pairs, [e.labels for e in pairs], batch_size or self.batch_size).tolist()
         rows = [scores[k * len(texts):(k + 1) * len(texts)] for k in range(len(images))]
-        return rows if _is_batch(image) else rows[0]
+        return rows if is_batch(image) else rows[0]
 
     @torch.inference_mode()
     def generate(self, prompt: str | list[str], image=None, *, max_new_tokens: int = 64, batch_size=None, **gen):
         """Raw prompt -> the output as typed runs (text, boxes in the image's frame, images)."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
-        images = (list(image) if _is_batch(image) else [image] * len(prompts)) if image is not None \
+        images = (list(image) if is_batch(image) else [image] * len(prompts)) if image is not None \
             else [None] * len(prompts)
         if len(images) != len(prompts):
             raise InputError(f"generate got {len(prompts)} prompts and {len(images)} images; pass one of each")
@@ -410,14 +417,6 @@ class Pipeline:
         return runs
 
 
-def _is_batch(x) -> bool:
-    if isinstance(x, (list, tuple)):
-        return True
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return x.ndim == 4
-    return False
-
-
 class _Progress(LogitsProcessor):
     """Counts decoding steps on a progress bar (a long generation, e.g. many image candidates);
     changes nothing."""
@@ -432,39 +431,6 @@ class _Progress(LogitsProcessor):
 
     def __del__(self):
         self.bar.close()
-
-
-def _count(name: str, value) -> int | None:
-    """How many items a per-item input lists (a list of strings, an (n, 4) array of boxes); None for one."""
-    if name == "box":
-        try:
-            arr = np.asarray([list(b) for b in value] if isinstance(value, (list, tuple)) and value
-                             and not np.isscalar(value[0]) else value, dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
-        return len(arr) if arr.ndim == 2 else None
-    return len(value) if isinstance(value, (list, tuple)) else None
-
-
-def _broadcast(name: str, value, n: int, batch: bool) -> list:
-    """A per-item input (question, expression, box, text) for each of ``n`` items."""
-    if name == "box":
-        rows = value.to_list() if isinstance(value, Box) else value
-        try:
-            arr = np.asarray([list(b) if isinstance(b, Box) else b for b in rows]
-                             if isinstance(rows, (list, tuple)) else rows, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(f"box must be (x1, y1, x2, y2) or a list of such boxes, got {value!r}") from None
-        if arr.shape == (4,):
-            return [check_box(arr)] * n
-        if batch and arr.shape == (n, 4):
-            return [check_box(b) for b in arr]
-        raise InputError(f"box must be (x1, y1, x2, y2), or one box per image ({n}, 4); got shape {arr.shape}")
-    if isinstance(value, str):
-        return [value] * n
-    if batch and isinstance(value, (list, tuple)) and len(value) == n:
-        return list(value)
-    raise InputError(f"{name} must be a string, or a list of {n} strings (one per image); got {value!r:.80}")
 
 
 def _task_defaults(meta: dict) -> dict[str, dict]:

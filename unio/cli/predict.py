@@ -1,6 +1,10 @@
 """``unio predict TASK --model DIR IMAGE... [--text T] [--out preds.jsonl] [--viz DIR] [--format coco]
 [--option KEY=VALUE ...]``.
 
+Tasks that read several pictures at once take them as ONE item: ``unio predict reason --model M
+left.png right.png --text "..."``; a video task a clip's frame files in order, a folder of frames, an
+animated GIF or a video file (``--option frames=N`` reads N frames spread evenly).
+
 Writes one JSON record per image (JSONL; to stdout without ``--out``): text answers, labels with
 scores, boxes as x1 y1 x2 y2 pixels of the original image, masks as COCO RLE, depth maps and
 images as files (.npy / .png) next to the predictions. ``--viz`` draws pictures of the
@@ -38,6 +42,7 @@ from ..images import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, check_box, load_image, o
 from ..pipeline import READ_SIDE, options_for
 from ..tasks import get_task, task_names
 from ..tasks.detect import coco_gt_categories, coco_gt_images
+from ..tasks.inputs import several_image_items
 from ..tasks.options import parse_options
 
 
@@ -82,6 +87,8 @@ def main(args) -> int:
     if box is not None:
         inputs["box"] = box
     on_error = getattr(args, "on_error", "stop") or "stop"
+    if task.needs_image and task.num_images != 1:  # one item of several pictures: a pair, a clip
+        return _predict_item(task, args, inputs, options)
     images, failed = _readable(_image_paths(args.images, task), task, on_error)
     if gt:
         gt = read_json(Path(gt), "--gt ground-truth file")
@@ -114,6 +121,46 @@ def main(args) -> int:
         records = [{"task": name, **task.to_record(result, inputs, files, "generated")}]
     _write(records, task, out, args.format, pipe, gt)
     return _report(failed, len(records) + len(failed))
+
+
+def _predict_item(task, args, inputs: dict, options: dict) -> int:
+    """A task reading several pictures at once: the IMAGE arguments are ONE item (reason: the two
+    images of the pair, in order; a video task: the clip's frames, a folder of frames, an animated
+    GIF or a video file), read and checked before the model loads; one record is written."""
+    name, given = task.name, list(args.images or [])
+    if not given:
+        raise InputError(f"no images given: `unio predict {name}` reads "
+                         + ("the two images of a pair: IMAGE_LEFT IMAGE_RIGHT" if task.num_images == 2 else
+                            f"{task.num_images} images" if task.num_images else
+                            "a clip: its frame files in order, a folder of frames, an animated GIF or a video file"))
+    if task.num_images is None and len(given) == 1:
+        source = given[0]
+    else:
+        source = [Path(p) for p in given]
+    frames = options.get("frames", getattr(task.options.get("frames"), "default", None))
+    items, _ = several_image_items(source, task.num_images, frames, READ_SIDE * 64)
+    if task.num_images is not None and len(items[0]) != task.num_images:
+        raise InputError(f"`unio predict {name}` reads {task.num_images} images (one item), got {len(items[0])}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() in IMAGE_EXTENSIONS:
+        raise InputError(f"--out {out} names a picture file, but {name} writes JSON records; give a .jsonl path")
+    files = Path(args.viz) if args.viz else (out.parent / f"{out.stem}_files" if out else Path("unio-predict-files"))
+    set_threads(getattr(args, "threads", None))
+    pipe = unio.load(args.model, device=args.device, backend=getattr(args, "backend", "torch"))
+    result = pipe.run(name, items[0], **inputs, **options)
+    rec = {"images": [str(p) for p in given], "task": name, "frames": len(items[0]),
+           **task.to_record(result, inputs, files, "item")}
+    if args.viz:
+        panels = task.panels(items[0], result, inputs=inputs, scale=max(1.0, VIZ_SIDE / max(items[0][0].size)))
+        if panels:
+            viz_dir = Path(args.viz)
+            viz_dir.mkdir(parents=True, exist_ok=True)
+            picture = panels[0][0] if len(panels) == 1 and not panels[0][1] else \
+                viz.image_grid([p for p, _ in panels], [c for _, c in panels], cols=len(panels))
+            picture.save(viz_dir / f"item_{name}.png")
+            rec["viz_png"] = str(viz_dir / f"item_{name}.png")
+    _write([rec], task, out, args.format, pipe)
+    return 0
 
 
 def _picture_out(task, out: Path | None, images: list, args) -> bool:

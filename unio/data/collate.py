@@ -30,7 +30,9 @@ def collate(examples: Sequence, vocab, pad_to_multiple_of: int = 8, *, image_siz
     label_weights), tensors ready for ``model(**batch)``.
 
     ``pixel_values`` is None when no example has an image; otherwise image-less examples get a
-    zero image and ``has_image`` False. ``patch_mask`` is None unless an example masks patches.
+    zero image and ``has_image`` False. Examples of several images (``Example.images``: pairs, clip
+    frames) make ``pixel_values`` (B, K, 3, H, W) and ``has_image`` (B, K), K the most images of any
+    example of the batch (the others padded with zero images, ``has_image`` False). ``patch_mask`` is None unless an example masks patches.
     ``labels`` / ``label_weights`` are None when no example has a target (inference).
 
     Given ``image_size`` and ``patch_size`` (training), every batch carries ``pixel_values`` and
@@ -41,28 +43,35 @@ def collate(examples: Sequence, vocab, pad_to_multiple_of: int = 8, *, image_siz
     if not examples:
         raise InputError("collate needs at least one example")
     B = len(examples)
-    images = [e.image for e in examples]
+    per_example = [_images_of(e) for e in examples]
+    K = max(1, max(len(ims) for ims in per_example))  # images per example: > 1 for pairs and clips
     pixel_values = has_image = patch_mask = None
-    present = [im is not None for im in images]
+    present = [[k < len(ims) for k in range(K)] for ims in per_example]
     full = image_size is not None and patch_size is not None
-    if any(present) or full:
-        sizes = {im.size for im in images if im is not None} or {(image_size, image_size)}
+    if any(map(any, present)) or full:
+        sizes = {im.size for ims in per_example for im in ims} or {(image_size, image_size)}
         if len(sizes) > 1 or (full and sizes != {(image_size, image_size)}):
             raise InputError(f"examples of one batch must share the input size, got {sorted(sizes)}")
         width, height = sizes.pop()
-        pixel_values = torch.zeros(B, 3, height, width)
-        idx = [i for i, p in enumerate(present) if p]
-        if idx:
-            pixel_values[idx] = to_pixel_values([images[i] for i in idx])
+        pixel_values = torch.zeros(B, K, 3, height, width)
+        slots = [(i, k) for i in range(B) for k in range(len(per_example[i]))]
+        if slots:
+            values = to_pixel_values([per_example[i][k] for i, k in slots])
+            for (i, k), v in zip(slots, values):
+                pixel_values[i, k] = v
         has_image = torch.tensor(present, dtype=torch.bool)
         masks = [e.patch_mask for e in examples]
         if any(m is not None for m in masks) or full:
             shape = next((np.asarray(m).shape for m in masks if m is not None),
                          (height // (patch_size or 1), width // (patch_size or 1)))
-            patch_mask = torch.zeros((B, *shape), dtype=torch.bool)
+            patch_mask = torch.zeros((B, K, *shape), dtype=torch.bool)
             for i, m in enumerate(masks):
-                if m is not None:
-                    patch_mask[i] = torch.from_numpy(np.asarray(m, dtype=bool))
+                if m is not None:  # an example's patch mask applies to its first image
+                    patch_mask[i, 0] = torch.from_numpy(np.asarray(m, dtype=bool))
+            if K == 1:
+                patch_mask = patch_mask[:, 0]
+        if K == 1:  # one image per example: the (B, 3, H, W) layout every single-image model reads
+            pixel_values, has_image = pixel_values[:, 0], has_image[:, 0]
 
     L = bucket(max(len(e.input_ids) for e in examples), pad_to_multiple_of)
     input_ids = torch.full((B, L), int(vocab.pad_id), dtype=torch.long)
@@ -90,3 +99,11 @@ def collate(examples: Sequence, vocab, pad_to_multiple_of: int = 8, *, image_siz
     return {"pixel_values": pixel_values, "has_image": has_image, "patch_mask": patch_mask,
             "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "label_weights": label_weights}
+
+
+def _images_of(example) -> list:
+    """An example's images (several for pairs and clips); Examples of older pickles have no ``images``."""
+    images = getattr(example, "images", None)
+    if images:
+        return list(images)
+    return [] if example.image is None else [example.image]

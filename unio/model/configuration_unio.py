@@ -65,6 +65,8 @@ class UnioConfig(PretrainedConfig):
     image_size: int = 64                # images arrive letterboxed to image_size x image_size
     patch_size: int = 8
     patch_stem: str = "linear"          # "linear" (ViT) or "conv" (Xiao et al. 2021); see modeling_unio
+    max_images: int = 1                 # images one example may hold (pairs, clip frames); > 1 adds a learned
+    #                                     image-index embedding, zero at init (see UnioEncoder)
     # ---- transformers flags
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = True
@@ -84,6 +86,8 @@ class UnioConfig(PretrainedConfig):
             problems.append(f"patch_stem={self.patch_stem!r} must be 'linear' or 'conv'")
         if self.patch_stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             problems.append(f"patch_stem='conv' needs a power-of-two patch_size >= 2, got {self.patch_size}")
+        if not 1 <= self.max_images <= 64:
+            problems.append(f"max_images={self.max_images} must lie in 1..64")
         if not 0 < self.used_vocab_size <= self.vocab_size:
             problems.append(f"used_vocab_size={self.used_vocab_size} must lie in (0, vocab_size={self.vocab_size}]")
         if problems:

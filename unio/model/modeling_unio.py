@@ -259,6 +259,14 @@ class UnioEncoderOutput(BaseModelOutput):
 class UnioEncoder(nn.Module):
     """Bidirectional Transformer over [image patches ; prompt tokens].
 
+    Several images per example (an image pair, the frames of a clip; ``config.max_images`` > 1) are
+    read together: each image's patches get the same 2-D positions plus a learned image-index (time)
+    embedding, and every patch attends to every other patch and the prompt (joint space-time attention,
+    ViViT's first model, Arnab et al. 2021: at 4 frames x 64 patches the full attention costs little, and
+    one attention pattern keeps the encoder the same for one image, a pair or a clip; TimeSformer's
+    divided attention pays off at hundreds of patches per frame). The index embedding starts at zero,
+    so a single-image model given ``max_images`` > 1 computes exactly what it did before.
+
     Positions: patches get learned 2-D position embeddings, one row and one column vector per grid
     index added together (as Pix2Struct does). Images always arrive letterboxed to the same square, so
     nothing needs to extrapolate; an additive table costs nothing per layer (2-D RoPE would rotate q and
@@ -281,15 +289,44 @@ class UnioEncoder(nn.Module):
         self.col_embed = nn.Parameter(torch.zeros(G, C))
         self.modality_embed = nn.Parameter(torch.zeros(2, C))  # 0: image patch, 1: prompt token
         self.mask_embed = nn.Parameter(torch.zeros(C))  # replaces masked patches (inpainting)
+        if config.max_images > 1:  # which image of the example a patch belongs to (pairs, clip frames)
+            self.image_index_embed = nn.Parameter(torch.zeros(config.max_images, C))
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.norm = RMSNorm(C, config.norm_eps)
 
+    def embed_images(self, pixel_values, patch_mask=None):
+        """(B, K, 3, S, S) -> (B, K * N, C): each image's patches plus its image-index embedding."""
+        cfg = self.config
+        B, K = pixel_values.shape[:2]
+        if K > cfg.max_images:
+            raise InputError(f"an example holds {K} images but this model reads at most max_images={cfg.max_images}"
+                             + ("; it was trained on one image per example: fine-tune it with model.max_images set"
+                                " (e.g. --set model.max_images=8)" if cfg.max_images == 1 else ""))
+        if patch_mask is not None:
+            patch_mask = patch_mask.reshape(B * K, *patch_mask.shape[2:]) if patch_mask.ndim >= 3 and \
+                patch_mask.shape[:2] == (B, K) else patch_mask
+        x = self._embed_patches(pixel_values.reshape(B * K, *pixel_values.shape[2:]), patch_mask)
+        x = x.view(B, K, -1, x.shape[-1])
+        if cfg.max_images > 1:
+            x = x + self.image_index_embed[:K, None].to(x.dtype)
+        return x.reshape(B, -1, x.shape[-1])
+
     def embed_image(self, pixel_values, patch_mask=None):
+        """(B, 3, S, S) -> (B, N, C) patch embeddings with positions; (B, K, 3, S, S) -> (B, K * N, C)."""
+        if pixel_values.ndim == 5:
+            return self.embed_images(pixel_values, patch_mask)
+        x = self._embed_patches(pixel_values, patch_mask)
+        if self.config.max_images > 1:  # one image: it is image 0 of its example
+            x = x + self.image_index_embed[0].to(x.dtype)
+        return x
+
+    def _embed_patches(self, pixel_values, patch_mask=None):
         cfg = self.config
         S, G = cfg.image_size, cfg.grid_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
-            raise InputError(f"pixel_values must be (B, 3, {S}, {S}) (images letterboxed to image_size={S}, "
-                             f"e.g. with unio.images.letterbox), got {tuple(pixel_values.shape)}")
+            raise InputError(f"pixel_values must be (B, 3, {S}, {S}) or (B, K, 3, {S}, {S}) for K images per example "
+                             f"(images letterboxed to image_size={S}, e.g. with unio.images.letterbox), "
+                             f"got {tuple(pixel_values.shape)}")
         pixel_values = pixel_values.to(self.row_embed.dtype)
         if patch_mask is not None:
             patch_mask = patch_mask.to(device=pixel_values.device, dtype=torch.bool)
@@ -313,12 +350,15 @@ class UnioEncoder(nn.Module):
         """Encode a batch.
 
         Args:
-            pixel_values: (B, 3, S, S) floats in [-1, 1], letterboxed; None for image-less batches.
+            pixel_values: (B, 3, S, S) floats in [-1, 1], letterboxed; or (B, K, 3, S, S), K images per
+                example (at most ``config.max_images``); None for image-less batches.
             input_ids: (B, L) prompt ids (global ids of the unified vocabulary), right-padded.
             attention_mask: (B, L) 1 for prompt tokens, 0 for padding.
-            patch_mask: bool (B, S/P, S/P) or (B, N): patches replaced by a learned mask embedding.
-            has_image: bool (B,): False for samples of a mixed batch that have no image (their
-                pixel_values are ignored: no encoder or decoder token attends to their patches).
+            patch_mask: bool (B, S/P, S/P) or (B, N) (with K images: (B, K, S/P, S/P)): patches replaced
+                by a learned mask embedding.
+            has_image: bool (B,) (with K images: (B, K)): False for samples of a mixed batch that have no
+                image, or fewer than K (their pixel_values are ignored: no encoder or decoder token
+                attends to their patches).
         """
         parts, valid = [], []
         B = None
@@ -328,9 +368,11 @@ class UnioEncoder(nn.Module):
             parts.append(img)
             if has_image is not None:
                 has_image = torch.as_tensor(has_image, dtype=torch.bool, device=img.device)
-                if has_image.shape != (B,):
-                    raise InputError(f"has_image must be bool (B,) = ({B},), got {tuple(has_image.shape)}")
-                valid.append(has_image[:, None].expand(B, N))
+                K = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+                want = (B,) if pixel_values.ndim == 4 else (B, K)
+                if has_image.shape != want:
+                    raise InputError(f"has_image must be bool {want}, got {tuple(has_image.shape)}")
+                valid.append(has_image.view(B, K, 1).expand(B, K, N // K).reshape(B, N))
             else:
                 valid.append(None)
         elif patch_mask is not None:
@@ -464,6 +506,8 @@ class UnioPreTrainedModel(PreTrainedModel):
         elif isinstance(module, UnioEncoder):
             for p in (module.row_embed, module.col_embed, module.modality_embed, module.mask_embed):
                 init.normal_(p, mean=0.0, std=std)
+            if hasattr(module, "image_index_embed"):  # zero: one image reads as before
+                init.zeros_(module.image_index_embed)
 
 
 class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):

@@ -121,6 +121,16 @@ class Example:
     label_weights: list[float] | None
     info: Letterbox | None
     meta: dict = field(default_factory=dict)
+    # Every image of an item that has several (a pair, a clip's frames), letterboxed alike; ``image``
+    # is then the first of them. None: one image (``image``) or none.
+    images: list | None = None
+
+    @property
+    def all_images(self) -> list:
+        """The item's images in order: ``images``, else ``[image]``, else []."""
+        if self.images:
+            return list(self.images)
+        return [] if self.image is None else [self.image]
 
 
 # ---------------------------------------------------------------------- result types
@@ -209,6 +219,10 @@ class Task:
     writes_image: bool = False
     prompts: dict | None = None
     needs_image: bool = True
+    # Images per item: 1; a fixed number (2: an image pair, ``reason``); or None, a clip of any number
+    # of frames (``sample["images"]``, :meth:`_images`). Several images reach the encoder together,
+    # each with its image-index embedding (UnioEncoder).
+    num_images: int | None = 1
     needs_scores: bool = False              # parse reads token log-probabilities (scores, confidences)
     max_new_tokens: int = 32
 
@@ -332,6 +346,29 @@ class Task:
             raise TaskError(f"task {self.name!r} needs an image; pass one (PIL image, numpy array or path)")
         return letterbox(load_image(sample["image"]), ctx.image_size)
 
+    def _images(self, sample: dict, ctx: TaskContext) -> tuple[list[Image.Image], list[Letterbox]]:
+        """The item's several images (``sample["images"]``: paths, arrays or PIL images), checked
+        against ``num_images`` and letterboxed -> (images, letterboxes). A clip's frames must share
+        one size (one frame of reference for everything said about them)."""
+        items = sample.get("images")
+        if items is None and sample.get("image") is not None:
+            items = [sample["image"]]
+        if isinstance(items, (str, Path, Image.Image, np.ndarray)) or items is None:
+            items = [] if items is None else [items]
+        items = list(items)
+        want = self.num_images
+        if want is not None and len(items) != want:
+            raise InputError(f"task {self.name!r} reads {want} images per item, got {len(items)}; "
+                             f"pass them together, e.g. images=[left, right]")
+        if not items:
+            raise InputError(f"task {self.name!r} reads the frames of a clip, got none; pass a list of images, "
+                             "a folder of frames or a video file")
+        loaded = [load_image(im) for im in items]
+        if want is None and len({im.size for im in loaded}) > 1:
+            raise InputError(f"the frames of one clip must share one size, got {sorted({im.size for im in loaded})}")
+        boxed = [letterbox(im, ctx.image_size) for im in loaded]
+        return [b[0] for b in boxed], [b[1] for b in boxed]
+
     def _prompt(self, ctx: TaskContext, rng, size: tuple[int, int] | None, template: str | None = None,
                 **values) -> tuple[str, list[int]]:
         """Render this task's prompt -> (readable text, global ids ending with eos).
@@ -368,8 +405,12 @@ class Task:
 
     def _example(self, ctx, prompt, ids, image, info, target=(), weights=None, /, *, patch_mask=None,
                  **meta) -> Example:
+        """An Example; ``image`` may be a list (an item of several images: ``images``, the first as ``image``)."""
+        images = None
+        if isinstance(image, (list, tuple)):
+            images, image = list(image), (image[0] if image else None)
         return Example(task=self.name, prompt=prompt, input_ids=ids, image=image, patch_mask=patch_mask,
-                       labels=list(target), label_weights=weights, info=info, meta=meta)
+                       labels=list(target), label_weights=weights, info=info, meta=meta, images=images)
 
 
 def location_limits(ctx: TaskContext, examples) -> list[tuple[int, int]] | None:
