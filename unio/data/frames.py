@@ -52,7 +52,7 @@ def evenly(n: int, frames: int | None) -> list[int]:
         return list(range(n))
     if frames == 1:
         return [0]
-    return [int(round(i * (n - 1) / (frames - 1))) for i in range(frames)]
+    return [int(i * (n - 1) / (frames - 1) + 0.5) for i in range(frames)]
 
 
 def load_frames(source, frames: int | None = None) -> list[Image.Image]:
