@@ -28,7 +28,7 @@ from .. import __version__
 from ..errors import UnioError
 from ..tasks import get_task
 from .batcher import Batcher, Job, QueueFull
-from .inputs import RequestError, jsonable, options_key, read_fields, record_of, served_task, status_of
+from .inputs import MAX_IMAGES, RequestError, jsonable, options_key, read_fields, record_of, served_task, status_of
 from .metrics import CONTENT_TYPE, Metrics
 from .page import add_page, is_page_path
 
@@ -266,7 +266,9 @@ async def _predict(state: _State, name: str, request: Request) -> dict:
     head = {"task": task.name}
     if filename:
         head["image"] = filename
-    if parsed.image is not None:
+    if isinstance(parsed.image, list):  # a pair, a clip: the size of its first picture, and how many
+        head.update(width=parsed.image[0].width, height=parsed.image[0].height, images=len(parsed.image))
+    elif parsed.image is not None:
         head.update(width=parsed.image.width, height=parsed.image.height)
     record = {**head, **rec}
     if fmt == "coco":
@@ -317,16 +319,20 @@ async def _fields(request: Request, body: bytes) -> tuple[dict, bytes | None, st
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, receive=replay).form(max_files=1, max_fields=64)
+            form = await Request(request.scope, receive=replay).form(max_files=MAX_IMAGES, max_fields=64)
         except Exception as exc:
             raise RequestError(422, f"could not read the multipart form ({getattr(exc, 'detail', exc)}); "
                                     "send one file field 'image' and text fields") from None
         fields, image, filename = {}, None, None
         for key, value in form.multi_items():
-            if hasattr(value, "read"):          # an uploaded file
+            if hasattr(value, "read"):          # an uploaded file; repeated for a pair or a clip's frames
                 if key != "image":
                     raise RequestError(422, f"unexpected file field {key!r}; send the image as 'image'")
-                image, filename = await value.read(), value.filename or None
+                data = await value.read()
+                if image is None:
+                    image, filename = data, value.filename or None
+                else:
+                    image = (image if isinstance(image, list) else [image]) + [data]
                 continue
             if key == "option":
                 fields.setdefault("option", []).append(value)
@@ -353,7 +359,8 @@ def _describe(name: str, pipe) -> dict:
         spec = {k: v for k, v in asdict(opt).items() if v is not None and v != ""}
         spec["type"] = opt.type if isinstance(opt.type, str) else opt.type.__name__
         options[key] = spec
-    return jsonable({"name": name, "needs_image": task.needs_image, "inputs": list(task.inputs),
+    return jsonable({"name": name, "needs_image": task.needs_image, "num_images": task.num_images,
+                     "inputs": list(task.inputs),
                      "text_input": task.text_input, "writes_image": task.writes_image,
                      "formats": ["json", "coco"] if hasattr(task, "coco_results") else ["json"],
                      "options": options, "task_options": list(task.options), "prompt": _canonical(pipe, name),

@@ -29,10 +29,11 @@ from ..images import check_box, load_image, unreadable
 from ..tasks import get_task, task_names
 from ..tasks.options import parse_options
 
-__all__ = ["RequestError", "Parsed", "read_fields", "decode_image", "served_task", "record_of", "inline_files",
+__all__ = ["RequestError", "Parsed", "MAX_IMAGES", "read_fields", "decode_image", "served_task", "record_of", "inline_files",
            "jsonable", "status_of", "options_key"]
 
-FIELDS = ("image", "options", "option")   # besides the task's own inputs
+FIELDS = ("image", "images", "options", "option")   # besides the task's own inputs
+MAX_IMAGES = 64   # pictures one request of a several-image task (a pair, a clip's frames) may carry
 
 
 class RequestError(Exception):
@@ -45,10 +46,11 @@ class RequestError(Exception):
 
 @dataclass
 class Parsed:
-    """One checked request: the task, its image (RGB PIL, or None), inputs and options."""
+    """One checked request: the task, its image (RGB PIL; a list of them for a task reading several
+    pictures at once; or None), inputs and options."""
 
     task: str
-    image: Image.Image | None
+    image: Image.Image | list | None
     filename: str | None
     inputs: dict
     options: dict
@@ -73,13 +75,19 @@ def read_fields(task, fields: dict[str, Any], *, image: bytes | None, filename: 
     """The request's fields (inputs, ``options``, ``option`` KEY=VALUE strings) -> a checked Parsed request.
 
     ``image`` holds the uploaded file's bytes (multipart); in JSON the ``image`` field holds them
-    base64-encoded (a ``data:image/...;base64,`` prefix is allowed).
+    base64-encoded (a ``data:image/...;base64,`` prefix is allowed). A task reading several pictures
+    at once (``num_images`` != 1: a pair, a clip's frames) takes them as repeated file parts
+    ``image`` (in order) or JSON ``"images": ["<base64>", ...]``.
     """
     allowed = set(FIELDS) | set(task.inputs)
     unknown = sorted(set(fields) - allowed)
     if unknown:
         takes = (["image"] if task.needs_image else []) + list(task.inputs) + ["options"]
         raise InputError(f"{task.name} takes no {', '.join(unknown)}; it takes: {', '.join(takes)}")
+    if task.needs_image and task.num_images != 1:
+        return _several(task, fields, image, filename, max_pixels, from_json)
+    if isinstance(image, list) or fields.get("images") is not None:
+        raise InputError(f"{task.name} reads one image; send one file field 'image'")
     if from_json and fields.get("image") is not None:
         image = _b64(fields["image"], "image")
     elif not from_json and isinstance(fields.get("image"), str) and fields["image"].strip():
@@ -100,6 +108,41 @@ def read_fields(task, fields: dict[str, Any], *, image: bytes | None, filename: 
         inputs[name] = _box(value) if name == "box" else _text(name, value)
     options = _options(task, fields, from_json)
     return Parsed(task.name, pil, filename, inputs, options)
+
+
+def _several(task, fields: dict, image, filename, max_pixels: int, from_json: bool) -> Parsed:
+    """A request of a task that reads several pictures at once (a pair, the frames of a clip)."""
+    if from_json:
+        raw = fields.get("images", fields.get("image"))
+        raw = [] if raw is None else raw if isinstance(raw, list) else [raw]
+        blobs = [_b64(x, f"images[{i}]") for i, x in enumerate(raw)]
+    else:
+        blobs = image if isinstance(image, list) else [image] if image else []
+    want = task.num_images
+    if not blobs:
+        raise InputError(f"{task.name} needs {want or 'the frames of a clip as'} images: repeated file fields "
+                         "'image' in order (curl -F image=@left.png -F image=@right.png) or JSON "
+                         "{\"images\": [\"<base64>\", ...]}")
+    if len(blobs) > MAX_IMAGES:
+        raise RequestError(413, f"{len(blobs)} images in one request; this server takes at most {MAX_IMAGES}")
+    if want is not None and len(blobs) != want:
+        raise InputError(f"{task.name} reads {want} images per request, got {len(blobs)}; send them in order")
+    pictures = [decode_image(b, max_pixels) for b in blobs]
+    if want is None:
+        if len({p.size for p in pictures}) > 1:
+            raise InputError(f"the frames of one clip must share one size, got {sorted({p.size for p in pictures})}")
+        options = _options(task, fields, from_json)
+        frames = options.get("frames", getattr(task.options.get("frames"), "default", None))
+        if frames is not None and frames < len(pictures):  # spread evenly, as unio predict reads a clip
+            pictures = [pictures[int(i * (len(pictures) - 1) / max(1, frames - 1) + 0.5)] for i in range(frames)] \
+                if frames > 1 else pictures[:1]
+    inputs = {}
+    for name in task.inputs:
+        value = fields.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise InputError(f"{task.name} needs {name}")
+        inputs[name] = _box(value) if name == "box" else _text(name, value)
+    return Parsed(task.name, pictures, filename, inputs, _options(task, fields, from_json))
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
