@@ -93,3 +93,30 @@ def test_all_images_of_an_example():
     assert len(ex.all_images) == 2 and ex.image is ex.all_images[0]
     one = _example([1])
     assert one.images is None and one.all_images == [one.image]
+
+
+def test_mixed_image_counts_encode_each_example_as_alone(vocab):
+    """A batch of a 3-frame clip, a pair and a single picture: each row's encoder states and the
+    model's logits equal those of the example encoded alone (no padding images in its sequence)."""
+    model = make_model(vocab, max_images=3)
+    with torch.no_grad():
+        model.get_encoder().image_index_embed.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    b = batch(vocab)
+    g = torch.Generator().manual_seed(5)
+    pv = torch.rand(3, 3, 3, S, S, generator=g) * 2 - 1
+    has = torch.tensor([[True, True, True], [True, True, False], [True, False, False]])
+    pv = pv * has[..., None, None, None]
+    enc = model.get_encoder()
+    with torch.no_grad():
+        together = enc(pv, b["input_ids"], b["attention_mask"], None, has)
+        logits = model(**{**b, "pixel_values": pv, "has_image": has}).logits
+        for r, k in enumerate((3, 2, 1)):
+            alone = enc(pv[r:r + 1, :k], b["input_ids"][r:r + 1], b["attention_mask"][r:r + 1], None, has[r:r + 1, :k])
+            n = alone.last_hidden_state.shape[1]
+            real = alone.attention_mask[0] if alone.attention_mask is not None else torch.ones(n, dtype=torch.bool)
+            assert torch.allclose(together.last_hidden_state[r, :n][real], alone.last_hidden_state[0][real], atol=1e-5)
+            assert not together.attention_mask[r, n:].any()
+            row = {name: value[r:r + 1] for name, value in b.items()}
+            one = model(**{**row, "pixel_values": pv[r:r + 1, :k], "has_image": has[r:r + 1, :k]}).logits
+            assert torch.allclose(logits[r:r + 1], one, atol=1e-4)
+    assert together.last_hidden_state.shape[1] < 3 * 16 + b["input_ids"].shape[1] + 1

@@ -46,7 +46,7 @@ def test_constants():
 
 def test_schema(samples):
     for s in samples:
-        assert set(s) == {"image", "objects", "depth", "caption", "qa", "refexps", "label"}
+        assert set(s) == {"image", "objects", "depth", "caption", "qa", "refexps", "label", "hypotheses", "absent"}
         assert isinstance(s["image"], Image.Image) and s["image"].mode == "RGB" and s["image"].size == (64, 64)
         assert s["depth"].dtype == np.float32 and s["depth"].shape == (64, 64)
         assert 1 <= len(s["objects"]) <= 4

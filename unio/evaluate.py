@@ -8,7 +8,9 @@ Each task runs the same path, whatever the task: held-out samples -> ``task.pick
 seeded question / expression / object of the sample) -> ``task.build(sample, ctx, rng=None)``
 (the canonical prompt and the ground truth in ``example.meta``) -> batched generation through
 ``Pipeline.run`` (the path users get; its inputs read from ``example.meta``) -> ``task.metric``,
-which reports every figure of the task (each task's docstring says which). Judges: text-to-image
+which reports every figure of the task (each task's docstring says which). A task whose predictions
+depend on the whole set (``task.predict_set``: retrieval ranks a gallery of the examples) predicts
+them in one call instead of through ``Pipeline.run``. Judges: text-to-image
 and inpainting are read by a non-learned judge of shapes-world pictures
 (:mod:`unio.data.shapes_judge`), never by the model under test; ``task.metric`` also gets the
 pipeline under test, and a figure it reads with it is named ``self_*``: a diagnostic of the
@@ -135,6 +137,11 @@ def _check_option_scopes(options, named: list[str] | None) -> dict:
 def _predict(pipe, task, examples, samples, batch_size: int, seed: int, bar=None, user_options=None) -> list:
     """Predictions for prepared examples through ``Pipeline.run`` (which builds, generates, parses)."""
     options: dict[str, Any] = task.eval_options(pipe.ctx, examples)
+    if hasattr(task, "predict_set"):  # predictions that depend on the whole set (retrieval ranks a gallery of it)
+        out = task.predict_set(pipe, examples, samples, batch_size=batch_size, **{**options, **(user_options or {})})
+        if bar is not None:
+            bar.update(len(examples))
+        return out
     out = []
     for c, start in enumerate(range(0, len(examples), batch_size)):
         chunk = examples[start:start + batch_size]
@@ -204,6 +211,8 @@ def _task_list(pipe, tasks) -> tuple[list, bool, dict]:
         elif task.writes_image and pipe.ctx.image_tokenizer is None:
             problem = (f"task {name!r} writes image codes but the model has no image tokenizer; evaluate it on a "
                        "model exported with one (image/ in the export directory)")
+        else:
+            problem = task.unavailable(pipe.model, pipe.ctx)
         if problem and explicit:
             raise TaskError(problem)
         if problem:

@@ -4,7 +4,7 @@ Captions: corpus BLEU-4 (Papineni et al., 2002) and CIDEr-D (Vedantam et al., 20
 following the conventions of the coco-caption toolkit, on a simple tokenisation (lowercase,
 punctuation removed). VQA: the VQAv2 accuracy (Antol et al., 2015; Goyal et al., 2017).
 Detection: COCO mAP through pycocotools. Grounding: Acc@0.5. Segmentation: mask IoU. Depth:
-AbsRel, RMSE, delta < 1.25 (Eigen et al., 2014). Images: PSNR.
+AbsRel, RMSE, delta < 1.25 (Eigen et al., 2014). Images: PSNR. Retrieval: recall@K.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .errors import InputError
 __all__ = [
     "caption_tokens", "bleu", "bleu4", "cider", "cider_scores", "text_recall", "normalize_answer", "exact_match",
     "accuracy", "vqa_accuracy", "box_iou", "grounding_acc", "coco_detection_map", "mask_iou", "miou", "depth_metrics",
-    "psnr", "interval95", "mean_interval95",
+    "psnr", "interval95", "mean_interval95", "retrieval_ranks", "retrieval_recall",
 ]
 
 
@@ -219,6 +219,28 @@ def accuracy(predictions: Sequence, targets: Sequence) -> float:
     if len(predictions) != len(targets):
         raise InputError(f"{len(predictions)} predictions but {len(targets)} targets")
     return float(np.mean([p == t for p, t in zip(predictions, targets)])) if predictions else 0.0
+
+
+def retrieval_ranks(sim, image_of=None) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks (0: first) of the true matches in an (I, T) image-text similarity matrix: per image, of its
+    first true text among all texts (image->text); per text, of its image (text->image). ``image_of``
+    (T,) is each text's image (default: text i describes image i). Ties go to the lower index."""
+    sim = np.asarray(sim, dtype=np.float64)
+    image_of = np.arange(sim.shape[1] if sim.ndim == 2 else 0) if image_of is None else np.asarray(image_of)
+    if sim.ndim != 2 or image_of.shape != sim.shape[1:] or not np.isin(np.arange(sim.shape[0]), image_of).all() \
+            or (image_of < 0).any() or (image_of >= sim.shape[0]).any():
+        raise InputError(f"retrieval needs an (images, texts) similarity matrix and the image of each text, every "
+                         f"image with a text; got {sim.shape} and {image_of.shape}")
+    hits = image_of[np.argsort(-sim, axis=1, kind="stable")] == np.arange(sim.shape[0])[:, None]  # (I, T)
+    t2i = np.argsort(-sim.T, axis=1, kind="stable") == image_of[:, None]  # (T, I)
+    return hits.argmax(1), t2i.argmax(1)
+
+
+def retrieval_recall(sim, image_of=None, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@K both ways (the COCO / Flickr30k protocol): ``i2t_rK``, the fraction of images with a true text
+    among their K most similar texts; ``t2i_rK``, of texts with their image among the K most similar images."""
+    i2t, t2i = retrieval_ranks(sim, image_of)
+    return {**{f"i2t_r{k}": float(np.mean(i2t < k)) for k in ks}, **{f"t2i_r{k}": float(np.mean(t2i < k)) for k in ks}}
 
 
 # ---------------------------------------------------------------------- boxes

@@ -29,6 +29,7 @@ from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_n
 from .tasks.constraints import AllowedIdsProcessor
 from .tasks.inputs import broadcast, count_items, is_batch, several_image_items
 from .tasks import classify, detect, ground, text
+from .tasks import retrieve as retrieval
 from .tasks.dense import Depth, Segment, image_codes
 from .tasks.image_gen import GenerateImage, Inpaint, to_pil
 
@@ -275,6 +276,20 @@ class Pipeline:
     def inpaint(self, image, box, text, **options):
         """The image with the box redrawn to show ``text`` (content generated inside the box only)."""
         return self.run(Inpaint.name, image, box=box, text=text, **options)
+
+    # ------------------------------------------------------------------ embeddings and retrieval (unio.tasks.retrieve)
+    def embed_images(self, images, *, batch_size=None):
+        """Contrastive embeddings of images: ``Embeddings`` (unit-norm float32 (N, D) + the model's fingerprint)."""
+        return retrieval.embed_images(self, images, batch_size=batch_size)
+
+    def embed_texts(self, texts, *, batch_size=None):
+        """Contrastive embeddings of texts: ``Embeddings`` (unit-norm float32 (N, D) + the model's fingerprint)."""
+        return retrieval.embed_texts(self, texts, batch_size=batch_size)
+
+    def retrieve(self, queries, gallery, *, top_k: int = 5, rerank: int = 0, batch_size=None):
+        """The ``top_k`` gallery items nearest each query (texts <-> images; raw or ``Embeddings``), the top
+        ``rerank`` re-ordered by the caption likelihood: ``Hit`` lists (:func:`unio.tasks.retrieve.retrieve`)."""
+        return retrieval.retrieve(self, queries, gallery, top_k=top_k, rerank=rerank, batch_size=batch_size)
 
     # ------------------------------------------------------------------ scoring, raw generation, parsing
     @torch.inference_mode()

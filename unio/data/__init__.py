@@ -2,6 +2,8 @@
 
 - ``unio.data.shapes``   the procedural shapes world (``ShapesWorld``)
 - ``unio.data.fashion``  the fashion-scenes world: seeded scenes of real Fashion-MNIST photos (``FashionScenes``)
+- ``unio.data.shapes_pairs``, ``unio.data.shapes_clips``  shapes-world image pairs with true / false
+                         statements (``ShapesPairs``) and clips where one object acts (``ShapesClips``)
 - ``unio.data.world``, ``unio.data.language``  what both worlds share: the seeded dataset protocol and
                          the templated language
 - ``unio.data.formats``  the reader interface and ``open_source(spec)``, which opens a recipe's data

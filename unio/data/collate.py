@@ -27,13 +27,16 @@ def bucket(length: int, multiple: int) -> int:
 def collate(examples: Sequence, vocab, pad_to_multiple_of: int = 8, *, image_size: int | None = None,
             patch_size: int | None = None) -> dict:
     """Examples -> dict(pixel_values, has_image, patch_mask, input_ids, attention_mask, labels,
-    label_weights), tensors ready for ``model(**batch)``.
+    label_weights, contrast_ids, contrast_mask), tensors ready for ``model(**batch)``.
 
     ``pixel_values`` is None when no example has an image; otherwise image-less examples get a
     zero image and ``has_image`` False. Examples of several images (``Example.images``: pairs, clip
     frames) make ``pixel_values`` (B, K, 3, H, W) and ``has_image`` (B, K), K the most images of any
     example of the batch (the others padded with zero images, ``has_image`` False). ``patch_mask`` is None unless an example masks patches.
     ``labels`` / ``label_weights`` are None when no example has a target (inference).
+    ``contrast_ids`` / ``contrast_mask`` (B, Lt) hold the texts that examples pair with their image
+    for the contrastive loss (``Example.meta["contrast_ids"]``: the retrieve task), right-padded, a
+    row of zeros in the mask where an example has none; both None when no example has one.
 
     Given ``image_size`` and ``patch_size`` (training), every batch carries ``pixel_values`` and
     ``patch_mask`` (all False where nothing is masked), so that every parameter takes part in every
@@ -96,9 +99,18 @@ def collate(examples: Sequence, vocab, pad_to_multiple_of: int = 8, *, image_siz
             if w is not None and len(w) != n:
                 raise InputError(f"example {i} ({e.task}) has {n} labels but {len(w)} label weights")
             label_weights[i, :n] = 1.0 if w is None else torch.as_tensor(w, dtype=torch.float32)
+    contrast_ids = contrast_mask = None
+    texts = [(getattr(e, "meta", None) or {}).get("contrast_ids") or [] for e in examples]
+    if any(texts):
+        Lt = bucket(max(map(len, texts)), pad_to_multiple_of)
+        contrast_ids = torch.full((B, Lt), int(vocab.pad_id), dtype=torch.long)
+        contrast_mask = torch.zeros((B, Lt), dtype=torch.long)
+        for i, t in enumerate(texts):
+            contrast_ids[i, :len(t)] = torch.as_tensor(t, dtype=torch.long)
+            contrast_mask[i, :len(t)] = 1
     return {"pixel_values": pixel_values, "has_image": has_image, "patch_mask": patch_mask,
             "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "label_weights": label_weights}
+            "label_weights": label_weights, "contrast_ids": contrast_ids, "contrast_mask": contrast_mask}
 
 
 def _images_of(example) -> list:

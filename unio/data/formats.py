@@ -21,10 +21,16 @@ depth      ``images`` + ``depth`` folders matched by stem: 16-bit PNG in mm or .
 masks      ``images`` + ``masks`` folders matched by stem: non-zero pixels are the object (unio.data.folders)
 jsonl      a manifest, one JSON record per line (unio.data.jsonl)
 webdataset WebDataset ``.tar`` shards: a folder or a pattern of them as ``path`` (unio.data.shards)
+folder     a ``path`` folder of images and nothing else (``recursive`` by default): samples hold only
+           ``image`` and ``path``, for tasks that need no annotation (masked_image pretraining)
 ========== ===================================================================================
 
 Also ``idx`` (MNIST-style IDX files, unio.data.idx) and ``fashion-scenes`` (scenes composed of real
-Fashion-MNIST photos, unio.data.fashion: ``seed``, ``split``, ``image_size``, ``max_objects``, ``root``).
+Fashion-MNIST photos, unio.data.fashion: ``seed``, ``split``, ``image_size``, ``max_objects``, ``root``),
+``shapes-pairs`` (shapes-world image pairs with true / false statements, unio.data.shapes_pairs: ``seed``,
+``image_size``, ``max_objects``, ``statements``) and ``shapes-clips`` (shapes-world clips where one object
+acts, unio.data.shapes_clips: ``seed``, ``image_size``, ``frames``, ``max_objects``); their samples carry
+``images`` (a pair, a clip's frames) instead of ``image``.
 """
 from __future__ import annotations
 
@@ -37,9 +43,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, ImageError
+from ..images import IMAGE_EXTENSIONS, load_image
 from .shapes import ShapesWorld, shapes_classes, shapes_texts
 
-__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "ShapesSource",
+__all__ = ["Source", "BadRecords", "open_source", "source_keys", "SOURCES", "ShapesSource", "ImageFolderSource",
            "sample_texts", "read_json", "mask_box", "read_mask", "read_depth", "files_by_stem", "same_size"]
 
 # Keys every source spec may carry, used by the mixture and the evaluator, not by the reader.
@@ -243,6 +250,11 @@ class WorldSource(Source):
         """Object labels (detect, region tasks)."""
         return self._labels()["object"]
 
+    @property
+    def class_lists(self) -> dict[str, list[str]]:
+        """Every closed label set the world declares ("image", "object", "action" for clips, ...)."""
+        return {k: list(v) for k, v in self._labels().items() if v}
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name} source has {len(self)} samples, index {index} is out of range")
@@ -270,6 +282,36 @@ class ShapesSource(WorldSource):
         return shapes_classes()
 
 
+class ImageFolderSource(Source):
+    """A folder of pictures without annotations: each sample is ``{"image", "path"}``, the files in
+    sorted path order (sub-folders too unless ``recursive: false``)."""
+
+    name = "folder"
+    REQUIRED = ("path",)
+    FOLDER_KEYS = ("path",)
+    OPTIONS = {"recursive": True}
+
+    def __init__(self, path, recursive=True, on_bad_record="error"):
+        super().__init__(on_bad_record)
+        root = Path(path)
+        if not root.is_dir():
+            raise DataError(f"image folder {root} does not exist; check the path in the recipe")
+        files = root.rglob("*") if recursive else root.iterdir()
+        self.records = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not self.records:
+            raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            "point path at a folder of pictures")
+
+    def _where(self, record) -> str:
+        return str(record)
+
+    def _text_fields(self, record) -> dict:
+        return {}
+
+    def _load(self, record) -> dict:
+        return {"image": load_image(record), "path": str(record)}
+
+
 # ----------------------------------------------------------------------------- registry
 # name -> "module:Class"; the COCO-family readers live in unio.data.coco and load on first use.
 SOURCES: dict[str, str] = {
@@ -284,6 +326,9 @@ SOURCES: dict[str, str] = {
     "webdataset": "shards:WebDatasetSource",
     "idx": "idx:IdxSource",
     "fashion-scenes": "fashion:FashionScenesSource",
+    "shapes-pairs": "shapes_pairs:ShapesPairsSource",
+    "shapes-clips": "shapes_clips:ShapesClipsSource",
+    "folder": "formats:ImageFolderSource",
 }
 
 

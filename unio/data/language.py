@@ -9,11 +9,12 @@ order, so the same scene always gets the same words.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 __all__ = ["NUMBER_WORDS", "EXTREMES", "relation_margin", "thirds", "article", "join", "relation", "extreme",
            "uniqueness", "attribute_questions", "count_questions", "existence_questions", "relative_questions",
-           "refexps"]
+           "refexps", "HYPOTHESIS_LABELS", "clear_relations", "hypotheses", "absent_expressions"]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 EXTREMES = (("leftmost", 0, 1), ("rightmost", 0, -1), ("topmost", 1, 1), ("bottommost", 1, -1))
@@ -170,3 +171,142 @@ def refexps(objs: list, S: int, unique, kind: str) -> list[tuple[str, int]]:
             if twins and len(twins) < len(others) and extreme(mine, [sign * p.center[axis] for p in twins], m):
                 out.append((f"the {word} {mine_kind}", k))
     return out
+
+
+# ---------------------------------------------------------------------------------- entailment
+# Visual entailment (SNLI-VE, Xie et al., 2019): a hypothesis the picture entails (true of the
+# scene), contradicts (refuted by it) or leaves open (neutral). Every object of a world is visible,
+# so a neutral hypothesis speaks of what no picture shows: weight, material, the hidden back of a
+# flat shape, what happened before or happens next. Neutral items are therefore recognisable by
+# their wording alone, as SNLI-VE's are known to be in part; entailed and contradicted ones share
+# their wording (counts, presence, size, relations), so only the picture tells them apart.
+HYPOTHESIS_LABELS = ("entailment", "neutral", "contradiction")
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+MATERIALS = ("wood", "metal", "paper", "glass", "stone")
+MOVES = ("left", "right", "up", "down")
+
+
+def clear_relations(p, q, S: int) -> list[str]:
+    """Every relation of ``p`` to ``q`` that holds with the margin ("left of", "above", ...)."""
+    m = relation_margin(S)
+    (ax, ay), (bx, by) = p.center, q.center
+    return [word for word, holds in (("left of", bx - ax > m), ("right of", ax - bx > m), ("above", by - ay > m),
+                                     ("below", ay - by > m)) if holds]
+
+
+def _there(n: int, one: str, many: str) -> str:
+    return f"there is one {one}" if n == 1 else f"there are {NUMBER_WORDS[n]} {many}"
+
+
+def _draw(families: list, k: int, rand) -> list[str]:
+    """``k`` distinct items of ``families``. A family is a (template, axes, excluded), or a function
+    that makes one when the family is first drawn (most never are): its items are the template
+    filled with one value of each axis (a value is a string or a tuple of strings), but for the
+    value tuples in ``excluded``. A family is drawn among those with items left (or not yet made),
+    then one of its items left, uniformly (by rejection); only the chosen items are written out."""
+    made: list = [None] * len(families)
+    left: list = [None] * len(families)
+    used: list[set] = [set() for _ in families]
+    out: list[str] = []
+    while len(out) < k:
+        live = [f for f, n in enumerate(left) if n is None or n > 0]
+        if not live:
+            break
+        f = live[int(rand() * len(live))]
+        if made[f] is None:
+            made[f] = families[f]() if callable(families[f]) else families[f]
+            left[f] = math.prod(len(a) for a in made[f][1]) - len(made[f][2])
+            if left[f] <= 0:
+                continue
+        template, axes, excluded = made[f]
+        while True:
+            values = tuple(axis[int(rand() * len(axis))] for axis in axes)
+            if values not in excluded and values not in used[f]:
+                break
+        used[f].add(values)
+        left[f] -= 1
+        out.append(template.format(*(w for v in values for w in (v if isinstance(v, tuple) else (v,)))))
+    return out
+
+
+def _one_of(items: list[str]) -> tuple:
+    return "{}", [items], ()
+
+
+def _counts(present: Counter, kinds, plurals: dict, true: bool) -> tuple:
+    """How many objects of each kind there are (``true``), or a wrong count of each."""
+    out = []
+    for k in kinds:
+        c = present.get(k, 0)
+        if true:
+            out.append(_there(c, k, plurals[k]) if c else f"there are no {plurals[k]}")
+        elif c:
+            out += [_there(w, k, plurals[k]) for w in (c - 1, c + 1) if 0 < w < len(NUMBER_WORDS)]
+            out.append(f"there are no {plurals[k]}")
+        else:
+            out.append(_there(1, k, plurals[k]))
+    return _one_of(out)
+
+
+def _relations(objs: list, S: int, kind: str, true: bool) -> tuple:
+    """Relations between two named objects, and "there is a red object left of a star" (some object
+    of the colour is clearly so placed, or every one is clearly placed the other way), true or false."""
+    pairs = [(a, b, clear_relations(a, b, S)) for a in objs for b in objs if a is not b]
+    out = [f"the {a.name} is {w if true else OPPOSITE[w]} the {b.name}" for a, b, said in pairs for w in said]
+    groups: dict = {}  # (colour, kind) -> the relations of each pair (a of that colour, b of that kind)
+    for a, b, said in pairs:
+        groups.setdefault((a.color, getattr(b, kind)), []).append(said)
+    for (c, k), rels in sorted(groups.items()):
+        for w in OPPOSITE:
+            entailed = any(w in r for r in rels)
+            refuted = not entailed and all(OPPOSITE[w] in r for r in rels)
+            if entailed if true else refuted:  # neither: the picture leaves it unclear, not said
+                out.append(f"there is {article(c + ' object')} {w} {article(k)}")
+    return _one_of(out)
+
+
+def hypotheses(objs: list, S: int, rand, kind: str, kinds, colors, sizes, plurals: dict,
+               per_label: int = 2) -> list[tuple[str, str]]:
+    """``per_label`` hypotheses of each label of HYPOTHESIS_LABELS, in a drawn order; each label is
+    computed from the objects (relations only where the margin makes them clear)."""
+    n, colors, kinds = len(objs), list(colors), list(kinds)
+    names = [o.name for o in objs]
+    shown = sorted({o.color for o in objs})
+    present = Counter(getattr(o, kind) for o in objs)
+    named_pairs = [(a.name, b.name) for a in objs for b in objs if a is not b]
+    ent = [_one_of([_there(n, "object", "objects")]), lambda: _counts(present, kinds, plurals, True),
+           ("no object is {}", [colors], {(c,) for c in shown}),
+           lambda: _one_of([f"the picture shows {article(x)}" for x in names]),
+           lambda: _one_of([f"the {o.name} is {o.size}" for o in objs]), lambda: _relations(objs, S, kind, True)]
+    a_color = [(article(c).split()[0], c) for c in colors]  # ("an", "orange")
+    con = [_one_of([_there(w, "object", "objects") for w in range(max(1, n - 2), min(n + 3, len(NUMBER_WORDS)))
+                    if w != n]), lambda: _counts(present, kinds, plurals, False), ("no object is {}", [shown], ()),
+           lambda: ("the picture shows {} {} {}", [a_color, kinds],
+                    {(ac, getattr(o, kind)) for o in objs for ac in a_color if ac[1] == o.color}),
+           lambda: _one_of([f"the {o.name} is {s}" for o in objs for s in sizes if s != o.size]),
+           lambda: _relations(objs, S, kind, False)]
+    neu = [("the {} is made of {}", [names, MATERIALS], ()), ("the back of the {} is {}", [names, colors], ()),
+           ("the {} is about to move {}", [names, MOVES], ()), ("the {} is heavier than the {}", [named_pairs], ()),
+           ("a moment ago the {0} was {2} the {1}", [named_pairs, list(OPPOSITE)], ())]
+    out = [(h, label) for label, families in zip(HYPOTHESIS_LABELS, (ent, neu, con))
+           for h in _draw(families, per_label, rand)]
+    for i in range(len(out) - 1, 0, -1):  # Fisher-Yates: the position says nothing of the label
+        j = int(rand() * (i + 1))
+        out[i], out[j] = out[j], out[i]
+    return out
+
+
+def absent_expressions(objs: list, rand, kind: str, kinds, colors, sizes, n: int = 3) -> list[str]:
+    """``n`` referring expressions in the grammar of :func:`refexps` that name no object of the
+    scene: an absent kind, colour, size or combination of them (drawn)."""
+    have = {(o.size, o.color, getattr(o, kind)) for o in objs}
+    kinds, colors, sizes = list(kinds), list(colors), list(sizes)
+    families = [
+        ("the {} {}", [colors, kinds], {h[1:] for h in have}),
+        ("the {} {} {}", [sizes, colors, kinds], have),
+        ("the {}", [kinds], {h[2:] for h in have}),
+        ("the {} object", [colors], {h[1:2] for h in have}),
+        ("the {} {}", [sizes, kinds], {(h[0], h[2]) for h in have}),
+        ("the {} object", [sizes], {h[:1] for h in have}),
+    ]
+    return _draw(families, n, rand)

@@ -5,6 +5,11 @@ truth: visible masks, tight boxes, a per-pixel depth map, a caption, question/an
 referring expressions and a class label (the schema of DESIGN.md). It plays the role CLEVR
 (Johnson et al., 2017) and Sort-of-CLEVR play in the literature: small enough to learn on a
 CPU, rich enough to exercise captioning, VQA, detection, grounding, segmentation and depth.
+Besides, ``hypotheses`` for visual entailment (SNLI-VE, Xie et al., 2019): ``(text, "entailment"
+| "neutral" | "contradiction")``, two of each label, computed from the objects; every object is
+visible, so neutral ones speak of what no picture shows and their wording gives them away, as
+SNLI-VE's partly does (:func:`unio.data.language.hypotheses`). And ``absent``: expressions in the
+grammar of the referring expressions that name no object ("not there" for ground and segment).
 
 Why it is built this way:
 
@@ -35,8 +40,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .language import (NUMBER_WORDS, article, attribute_questions, count_questions, existence_questions, join, refexps,
-                       relation, relation_margin, relative_questions, thirds, uniqueness)
+from .language import (NUMBER_WORDS, absent_expressions, article, attribute_questions, count_questions,
+                       existence_questions, hypotheses, join, refexps, relation, relation_margin, relative_questions,
+                       thirds, uniqueness)
 from .shapes_draw import (COLORS, MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS, OBJECT_DEPTH, SHAPES, SIZE_RADIUS, SIZES,
                           _PACKED, _background, _floor_depth, _min_visible, _Obj, _Rand, _stamp, _stamp_area,
                           _stamp_extent)
@@ -220,7 +226,7 @@ class ShapesWorld(SeededWorld):
                             "mask": mask, "depth": o.depth})
         unique = uniqueness(objs, "shape")
         largest = max(range(len(objs)), key=lambda k: (objs[k].visible, -objs[k].depth))
-        return {
+        sample = {
             "image": self._image(objs),
             "objects": objects,
             "depth": self._paste(objs, bg_depth, [o.depth for o in objs]),
@@ -229,6 +235,10 @@ class ShapesWorld(SeededWorld):
             "refexps": refexps(objs, S, unique, "shape"),
             "label": objs[largest].shape,
         }
+        # Drawn after every draw above, so the fields above stay what they were before these existed.
+        sample["hypotheses"] = hypotheses(objs, S, rand, "shape", SHAPES, COLORS, SIZES, PLURALS)
+        sample["absent"] = absent_expressions(objs, rand, "shape", SHAPES, COLORS, SIZES)
+        return sample
 
 
 # ---------------------------------------------------------------------------------- language

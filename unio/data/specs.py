@@ -18,7 +18,8 @@ from .formats import SOURCES, open_source, source_keys
 
 __all__ = ["parse_data_spec", "open_data", "parse_value", "spec_text"]
 
-_SEEDED = ("shapes", "fashion-scenes")  # procedural worlds: the bare value is the seed (default 1)
+# procedural worlds: the bare value is the seed (default 1)
+_SEEDED = ("shapes", "fashion-scenes", "shapes-pairs", "shapes-clips")
 
 
 def parse_value(text: str):
@@ -43,6 +44,9 @@ def parse_data_spec(spec) -> dict:
       options: ``shapes:7,image_size=96,max_objects=6``;
     - ``fashion-scenes:SEED`` (scenes of Fashion-MNIST's test photos, unio.data.fashion; training
       recipes name ``split: train``), with options as above: ``fashion-scenes:1,image_size=256``;
+    - ``shapes-pairs:SEED`` (image pairs with true / false statements, unio.data.shapes_pairs) and
+      ``shapes-clips:SEED`` (clips where one object acts, unio.data.shapes_clips), with options as
+      above: ``shapes-clips:1,frames=6``;
     - a JSONL manifest path (``eval.jsonl``, read by the training reader ``JsonlSource``);
     - ``SOURCE:VALUE,key=value,...`` for any reader of :mod:`unio.data.formats`: the bare VALUE
       fills the reader's one required key (``classes:DIR``, ``jsonl:PATH,root=DIR``), the others

@@ -67,6 +67,9 @@ class UnioConfig(PretrainedConfig):
     patch_stem: str = "linear"          # "linear" (ViT) or "conv" (Xiao et al. 2021); see modeling_unio
     max_images: int = 1                 # images one example may hold (pairs, clip frames); > 1 adds a learned
     #                                     image-index embedding, zero at init (see UnioEncoder)
+    # ---- contrastive embeddings (CoCa; unio.model.contrastive)
+    projection_dim: int = 0             # > 0: image/text embedding head of this size (CLIP's name); 0: no head
+    contrastive_weight: float = 1.0     # weight of the InfoNCE loss beside the token loss
     # ---- transformers flags
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = True
@@ -88,6 +91,12 @@ class UnioConfig(PretrainedConfig):
             problems.append(f"patch_stem='conv' needs a power-of-two patch_size >= 2, got {self.patch_size}")
         if not 1 <= self.max_images <= 64:
             problems.append(f"max_images={self.max_images} must lie in 1..64")
+        dim = self.projection_dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            problems.append(f"projection_dim={dim!r} must be a whole number >= 0 (0: no embedding head)")
+        if isinstance(self.contrastive_weight, bool) or not isinstance(self.contrastive_weight, (int, float)) \
+                or not self.contrastive_weight >= 0:
+            problems.append(f"contrastive_weight={self.contrastive_weight!r} must be >= 0")
         if not 0 < self.used_vocab_size <= self.vocab_size:
             problems.append(f"used_vocab_size={self.used_vocab_size} must lie in (0, vocab_size={self.vocab_size}]")
         if problems:

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from ..errors import InputError
 from .configuration_unio import UnioConfig, check_vocab
+from .contrastive import INIT_LOGIT_SCALE, ContrastiveHead, UnioSeq2SeqLMOutput
 from .grouping import length_groups
 from .loss import token_loss
 
@@ -359,7 +360,16 @@ class UnioEncoder(nn.Module):
             has_image: bool (B,) (with K images: (B, K)): False for samples of a mixed batch that have no
                 image, or fewer than K (their pixel_values are ignored: no encoder or decoder token
                 attends to their patches).
+
+        A batch whose examples hold different numbers of images (a clip beside single pictures) is
+        encoded group by group, each group as long as its own images need, and the states padded
+        to the longest (``attention_mask`` marks the real ones): an example reads exactly what it
+        would read alone, and a single picture does not pay for a clip's frames.
         """
+        groups = _image_count_groups(pixel_values, has_image)
+        if groups is not None and input_ids is not None and not output_hidden_states:
+            return self._forward_groups(groups, pixel_values, input_ids, attention_mask, patch_mask, has_image,
+                                        return_dict)
         parts, valid = [], []
         B = None
         if pixel_values is not None:
@@ -422,6 +432,41 @@ class UnioEncoder(nn.Module):
         x = self.norm(x)
         out = UnioEncoderOutput(last_hidden_state=x, hidden_states=hidden_states, attention_mask=mask)
         return out if return_dict else out.to_tuple()
+
+
+    def _forward_groups(self, groups, pixel_values, input_ids, attention_mask, patch_mask, has_image, return_dict):
+        """Each group of examples with the same number of images encoded alone, states padded to the longest."""
+        B, C = input_ids.shape[0], self.config.d_model
+        outs = []
+        for k, rows in groups:
+            sub = self(pixel_values[rows, :k], input_ids[rows],
+                       None if attention_mask is None else attention_mask[rows],
+                       None if patch_mask is None else patch_mask[rows, :k], has_image[rows, :k])
+            outs.append((rows, sub.last_hidden_state, sub.attention_mask))
+        length = max(h.shape[1] for _, h, _ in outs)
+        states = outs[0][1].new_zeros(B, length, C)
+        mask = torch.zeros(B, length, dtype=torch.bool, device=states.device)
+        for rows, h, m in outs:
+            states[rows, : h.shape[1]] = h
+            mask[rows, : h.shape[1]] = True if m is None else m
+        out = UnioEncoderOutput(last_hidden_state=states, attention_mask=mask)
+        return out if return_dict else out.to_tuple()
+
+
+def _image_count_groups(pixel_values, has_image):
+    """[(k, row indices)] when a (B, K, ...) batch mixes examples of different image counts (each
+    example's images first, as collate lays them out); None when one layout serves every row."""
+    if pixel_values is None or pixel_values.ndim != 5 or pixel_values.shape[1] < 2 or has_image is None:
+        return None
+    has_image = torch.as_tensor(has_image, dtype=torch.bool, device=pixel_values.device)
+    if has_image.shape != pixel_values.shape[:2]:
+        return None  # forward's own check says what is wrong
+    counts = has_image.sum(1)
+    prefix = torch.arange(has_image.shape[1], device=has_image.device)[None] < counts[:, None]
+    if not torch.equal(prefix, has_image) or int(counts.min()) == int(counts.max()):
+        return None
+    counts = counts.clamp_min(1)  # an example without any image reads one masked slot, as before
+    return [(int(k), (counts == k).nonzero()[:, 0]) for k in torch.unique(counts).tolist()]
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -528,8 +573,16 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = UnioEncoder(config, self.shared)
         self.decoder = UnioDecoder(config, self.shared)
+        # CoCa's embedding head, only with projection_dim > 0 (models without it keep exactly their weights)
+        self.contrastive = ContrastiveHead(config) if config.projection_dim else None
         self.max_length_groups = 3  # decoder passes per batch under ``logits_mask`` (see forward)
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ContrastiveHead):
+            init.constant_(module.logit_scale, INIT_LOGIT_SCALE)
 
     def get_input_embeddings(self):
         return self.shared
@@ -542,6 +595,20 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
 
     def get_decoder(self):
         return self.decoder
+
+    def get_image_features(self, pixel_values, has_image=None) -> torch.Tensor:
+        """(B, D) unit-norm image embeddings (CLIP's name): the encoder on the images alone, pooled."""
+        return self._head().image_embeds(self.encoder, pixel_values, has_image)
+
+    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """(B, D) unit-norm text embeddings (CLIP's name): the encoder on the texts alone, pooled."""
+        return self._head().text_embeds(self.encoder, input_ids, attention_mask)
+
+    def _head(self) -> ContrastiveHead:
+        if self.contrastive is None:
+            raise InputError("this model has no embedding head (config.projection_dim=0); train one with the retrieve "
+                             "task and model.projection_dim set (e.g. --set model.projection_dim=256)")
+        return self.contrastive
 
     @classmethod
     def from_pretrained(cls, *args, vocab=None, **kwargs):
@@ -563,6 +630,8 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         label_weights: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
+        contrast_ids: torch.LongTensor | None = None,
+        contrast_mask: torch.Tensor | None = None,
         encoder_outputs: UnioEncoderOutput | tuple | None = None,
         past_key_values: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
@@ -591,6 +660,11 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
         The KV cache comes as ``cache`` (the name ``generate`` uses from transformers 5.24 on) or
         ``past_key_values`` (earlier releases); the output carries it under the field name of the
         installed release, so ``generate`` finds it again on either side of the rename.
+
+        ``contrast_ids`` (B, Lt) with ``contrast_mask`` (B, Lt; rows of zeros: no text) pair some rows'
+        images with texts (the retrieve task): with ``config.projection_dim`` > 0 the output's
+        ``contrastive_loss`` is ``config.contrastive_weight`` times their symmetric InfoNCE loss
+        (unio.model.contrastive), added to ``loss`` when ``labels`` are given.
         """
         if cache is not None:
             if past_key_values is not None and past_key_values is not cache:
@@ -649,8 +723,16 @@ class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
                               self.config.used_vocab_size)
         elif labels is not None:
             loss = token_loss(logits, labels, label_weights, self.config.used_vocab_size)
+        contrastive_loss = None
+        if self.contrastive is not None and (contrast_ids is not None or not use_cache):  # not while decoding
+            contrastive_loss = self.contrastive.batch_loss(self.encoder, self.config, pixel_values, has_image,
+                                                           contrast_ids, contrast_mask)
+            if loss is not None and contrastive_loss is not None:
+                loss = loss + contrastive_loss
+        elif contrast_ids is not None and (contrast_mask is None or bool(contrast_mask.any())):
+            self._head()  # texts to contrast but no head: raises, saying how to get one
 
-        out = Seq2SeqLMOutput(
+        out = UnioSeq2SeqLMOutput(contrastive_loss=contrastive_loss,
             loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values if use_cache else None},
             decoder_hidden_states=decoder_hidden_states,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,

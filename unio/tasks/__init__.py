@@ -27,4 +27,4 @@ __all__ = ["TASKS", "get_task", "register", "task_names", "Task", "TaskContext",
            "Label", "Option", "placeholders_by_task", "load_plugins", "ENTRY_POINT_GROUP"]
 
 # The built-in tasks register themselves on import (their modules' @register).
-from . import text, classify, detect, ground, dense, image_gen  # noqa: E402,F401,I001
+from . import text, classify, detect, ground, dense, image_gen, masked, reason, video, entail, retrieve  # noqa: E402,F401,I001

@@ -276,6 +276,11 @@ class Task:
     def parse(self, ids, ctx: TaskContext, info: Letterbox | None = None, **kw):
         raise NotImplementedError
 
+    def unavailable(self, model, ctx: TaskContext) -> str | None:
+        """Why ``model`` cannot run this task at all (a part it lacks), else None: evaluation leaves
+        such a task out of its default list, and names the reason when the task is asked for."""
+        return None
+
     def before_run(self, ctx: TaskContext, options: dict) -> None:
         """Checks of checked options against the model (its class lists, its prompts), before any
         example is built; raise an InputError or TaskError saying what to pass instead."""

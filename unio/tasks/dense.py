@@ -18,7 +18,7 @@ from ..metrics import depth_metrics, mask_iou, miou
 from .registry import register
 from .base import Example, Task, TaskContext, finite
 from .constraints import ImageCodesProcessor
-from .ground import expression_and_object, one_expression
+from .ground import NotThere, ask_absent, expression_and_object, not_found_figures, not_found_record, one_expression
 from .options import Option
 
 REFINE = Option(bool, True, doc="let the input picture guide the decoded edges when the image tokenizer has a refiner")
@@ -73,8 +73,10 @@ class DenseTask(Task):
 
 
 @register
-class Segment(DenseTask):
-    """Referring expression -> mask. Scored by ``miou``, the mean over expressions of the mask IoU."""
+class Segment(NotThere, DenseTask):
+    """Referring expression -> mask (empty: "not there"). Scored by ``miou``, the mean over the
+    expressions that name an object of the mask IoU, and by ``not_found_precision`` /
+    ``not_found_recall`` (an empty predicted mask) where there are negatives (see unio.tasks.ground)."""
 
     name = "segment"
     placeholders = frozenset({"expression"})
@@ -83,7 +85,7 @@ class Segment(DenseTask):
     means = {"miou": "iou"}
 
     def pick_item(self, sample, rng):
-        return one_expression(sample, rng, with_mask=True)
+        return ask_absent(one_expression(sample, rng, with_mask=True), rng, self.eval_negatives)
 
     def can_build(self, sample: dict) -> bool:
         objects = sample.get("objects") or []
@@ -92,14 +94,18 @@ class Segment(DenseTask):
     def build(self, sample, ctx, rng=None, **inputs) -> Example:
         image, info = self._image(sample, ctx)
         expression, obj = expression_and_object(sample, rng, inputs, self.name)
+        negative = self.negative(sample, ctx, rng, inputs)
         prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"),
-                                   expression=expression)
+                                   expression=negative or expression)
         labels, mask = [], None
+        if negative is not None:  # the answer is an empty mask
+            obj, expression = {"mask": np.zeros((info.height, info.width), dtype=bool)}, negative
         if obj is not None and obj.get("mask") is not None:
             mask = np.asarray(obj["mask"], dtype=bool)
             square = letterbox_array(mask, ctx.image_tokenizer.image_size, False, nearest=True)
             labels = self._codes_target(ctx, ctx.image_tokenizer.encode_mask(square[None]))
-        return self._example(ctx, prompt, ids, image, info, labels, expression=expression, mask=mask)
+        return self._example(ctx, prompt, ids, image, info, labels, expression=expression, mask=mask,
+                             **({"negative": True} if negative is not None else {}))
 
     def parse(self, ids, ctx, info=None, **kw) -> np.ndarray:
         """Bool mask (H, W) of the original image."""
@@ -107,18 +113,25 @@ class Segment(DenseTask):
         return np.asarray(to_original(np.asarray(mask, dtype=bool), info, ctx), dtype=bool)
 
     def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
-        return {"miou": float(miou(predictions, [e.meta.get("mask") for e in examples]))}
+        negative = [bool(e.meta.get("negative")) for e in examples]
+        pairs = [(p, e.meta.get("mask")) for p, e, n in zip(predictions, examples, negative) if not n]
+        out = {"miou": float(miou([p for p, _ in pairs], [m for _, m in pairs]))}
+        return {**out, **not_found_figures([not np.any(p) for p in predictions], negative)}
 
     def example_record(self, prediction, example, sample) -> dict:
         m = example.meta
-        return {"prediction": encode_mask(prediction), "truth": encode_mask(m["mask"]),
-                "expression": m.get("expression"), "iou": mask_iou(prediction, m["mask"])}
+        rec = {"prediction": encode_mask(prediction), "truth": encode_mask(m["mask"]), "expression": m.get("expression")}
+        if not m.get("negative"):
+            rec["iou"] = mask_iou(prediction, m["mask"])
+        return {**rec, **not_found_record(not np.any(prediction), bool(m.get("negative")))}
 
     def to_record(self, result, inputs, files, stem) -> dict:
         return {"expression": inputs.get("expression"), "mask": encode_mask(result), "area": int(result.sum())}
 
     def summary(self, prediction, example, judge=None) -> tuple[str, str]:
         m = example.meta
+        if m.get("negative"):
+            return f"{m['expression']} (not there)", f"{int(np.sum(prediction))} px"
         return (f"{m['expression']}: {int(np.sum(m['mask']))} px",
                 f"{int(np.sum(prediction))} px, IoU {mask_iou(prediction, m['mask']):.2f}")
 
@@ -126,9 +139,9 @@ class Segment(DenseTask):
         if example is None:
             return [(viz.mask_panel(image, result, scale=scale), "")]
         m = example.meta
-        return [(viz.mask_panel(image, result, viz.PRED, scale), f"segment '{m['expression']}': IoU "
-                 f"{mask_iou(result, m['mask']):.2f}"), (viz.mask_panel(image, m["mask"], viz.TRUTH, scale),
-                                                         "segment: truth")]
+        said = "(not there)" if m.get("negative") else f"IoU {mask_iou(result, m['mask']):.2f}"
+        return [(viz.mask_panel(image, result, viz.PRED, scale), f"segment '{m['expression']}': {said}"),
+                (viz.mask_panel(image, m["mask"], viz.TRUTH, scale), "segment: truth")]
 
 
 @register

@@ -173,9 +173,15 @@ def _train_step(engine, batches, window, ctx, dtype, world: int) -> None:
         labels, weights = inputs.pop("labels"), inputs.pop("label_weights").float()
         inputs["decoder_input_ids"] = shift_tokens_right(labels, ctx.vocab.pad_id, ctx.vocab.bos_id)
         keep = labels != -100  # logits only where there is a target; the decoder runs in length groups
-        logits = engine(**inputs, logits_mask=keep).logits  # (N, V)
+        out = engine(**inputs, logits_mask=keep)
+        logits = out.logits  # (N, V)
         wce = F.cross_entropy(logits.float(), labels[keep], reduction="none") * weights[keep]
-        engine.backward(wce.sum() * scale)
+        # the contrastive term (models with an embedding head): a mean over this micro-batch's pairs,
+        # which DeepSpeed's averaging over processes and micro-batches turns into the global mean
+        contrastive = getattr(out, "contrastive_loss", None)
+        engine.backward(wce.sum() * scale + (contrastive if contrastive is not None else 0.0))
+        if contrastive is not None and "contrast_ids" in inputs and int(inputs["contrast_mask"].any(1).sum()) > 1:
+            window.contrast += torch.stack([contrastive.detach().double(), torch.ones_like(window.contrast[0])])
         engine.step()
         rows = keep.nonzero()[:, 0]
         window.add(torch.zeros(len(labels), dtype=wce.dtype, device=wce.device).index_add_(0, rows, wce.detach()),
@@ -191,6 +197,7 @@ class _Window:
         self.sums = torch.zeros(2 * len(names) + 1, dtype=torch.float64, device=device)
         self.samples, self.data_s, self.t0 = 0, 0.0, time.perf_counter()
         self.skipped_total = 0  # over all ranks since the run started
+        self.contrast = torch.zeros(2, dtype=torch.float64, device=device)  # contrastive loss: sum, micro-batches
 
     def add(self, wce_per_sample, w_per_sample, tasks: list[str]):
         idx = torch.tensor([self.names.index(k) for k in tasks], device=self.device)
@@ -210,7 +217,11 @@ class _Window:
         for k, name in enumerate(self.names):
             if w_sum[k] > 0:
                 rec[f"loss/{name}"] = float(loss_sum[k] / w_sum[k])
+        dist.all_reduce(self.contrast)
+        if self.contrast[1] > 0:
+            rec["loss/contrastive"] = float(self.contrast[0] / self.contrast[1])
         self.sums.zero_()
+        self.contrast.zero_()
         self.samples, self.data_s, self.t0 = 0, 0.0, time.perf_counter()
         return rec
 

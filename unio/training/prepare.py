@@ -21,6 +21,8 @@ from ..model.lora import add_lora
 from ..prompts import Prompts
 from ..recipe import model_overrides, save_recipe
 from ..tasks import get_task
+from ..tasks.dense import Segment
+from ..tasks.ground import NONE, NOT_FOUND, Ground
 from ..tokenizers.text import TextTokenizer
 from .checkpoint import CKPT_DIR, latest_tag
 from .run_export import INIT_RECORD
@@ -84,11 +86,27 @@ def run_classes(recipe: dict, sources) -> dict:
         known = json.loads((tok / "unio.json").read_text()).get("classes") or {}
     elif (tok / "classes.json").is_file():
         known = json.loads((tok / "classes.json").read_text())
-    out = {k: dict.fromkeys(known.get(k, [])) for k in ("image", "object")}
+    out = {k: dict.fromkeys(v) for k, v in known.items()}
+    for k in ("image", "object"):
+        out.setdefault(k, {})
     for s in sources:
         out["image"].update(dict.fromkeys(getattr(s, "classes", [])))
         out["object"].update(dict.fromkeys(getattr(s, "object_labels", [])))
+        for kind, labels in (getattr(s, "class_lists", None) or {}).items():  # e.g. clips' "action"
+            out.setdefault(kind, {}).update(dict.fromkeys(labels))
+    # Grounding / segmentation trained on samples with expressions that name nothing ("absent") learn
+    # to answer "not there": the export says so, which lets decoding write that answer.
+    for s, entry in zip(sources, recipe["data"]["train"]):
+        if set(entry.get("tasks") or {}) & {Ground.name, Segment.name} and _has_absent(s):
+            out.setdefault(NOT_FOUND, {})[NONE] = None
     return {k: list(v) for k, v in out.items() if v}
+
+
+def _has_absent(source) -> bool:
+    try:
+        return len(source) > 0 and bool(source[0].get("absent"))
+    except Exception:  # a reader whose first record cannot be read says nothing here
+        return False
 
 
 def build_model(recipe: dict, ctx):

@@ -1,0 +1,132 @@
+"""Visual entailment: does the image entail a hypothesis, contradict it, or neither? (SNLI-VE,
+Xie et al., 2019: "Visual Entailment: A Novel Task for Fine-Grained Image Understanding".)
+
+The prompt carries the hypothesis; the answer is one of "entailment", "neutral", "contradiction",
+decoded through a trie over the three labels, so the output is always one of them, with its
+probability among the three as its score. The shapes world's samples list ``hypotheses``, two of
+each label (:func:`unio.data.language.hypotheses`); as in SNLI-VE, neutral hypotheses are in part
+recognisable by their wording alone (they speak of what no picture shows: weight, material, a
+hidden face, before and after), so ``accuracy_neutral`` says less about the picture than the
+other two figures do.
+"""
+from __future__ import annotations
+
+from .. import viz
+from ..data.language import HYPOTHESIS_LABELS
+from ..errors import DataError, InputError, TaskError
+from ..metrics import accuracy
+from .base import Example, Label, Task, finite, pick, short
+from .classify import label_trie, sequence_score
+from .constraints import TrieProcessor
+from .registry import register
+
+__all__ = ["Entail", "LABELS"]
+
+LABELS = HYPOTHESIS_LABELS  # ("entailment", "neutral", "contradiction")
+
+
+def hypothesis_label(value, hypothesis: str) -> str:
+    """A hypothesis' label as one of LABELS (any case); DataError otherwise."""
+    if isinstance(value, str) and value.strip().lower() in LABELS:
+        return value.strip().lower()
+    raise DataError(f"the hypothesis {hypothesis!r} is labelled {value!r}; label hypotheses "
+                    + ", ".join(repr(w) for w in LABELS))
+
+
+@register
+class Entail(Task):
+    """An image and a hypothesis (``hypothesis="..."``) -> "entailment", "neutral" or "contradiction".
+
+    Scored by ``accuracy`` and by the accuracy on the hypotheses of each label (``accuracy_entailment``,
+    ``accuracy_neutral``, ``accuracy_contradiction``): a model that always says one label scores 1 on
+    it and 0 on the other two.
+    """
+
+    name = "entail"
+    placeholders = frozenset({"text"})
+    inputs = ("hypothesis",)
+    headline = "accuracy"
+    means = {"accuracy": "correct", **{f"accuracy_{w}": f"correct_{w}" for w in LABELS}}
+    needs_scores = True
+    max_new_tokens = 12
+    def pick_item(self, sample, rng):
+        items = sample.get("hypotheses") or []
+        if not items:
+            return sample
+        return {**sample, "hypotheses": [items[int(rng.integers(len(items)))]]}
+
+    def can_build(self, sample: dict) -> bool:
+        return super().can_build(sample) and bool(sample.get("hypotheses"))
+
+    def _hypothesis(self, sample: dict, rng, inputs: dict) -> tuple[str, str | None]:
+        hypothesis = inputs.get("hypothesis")
+        if hypothesis is not None:
+            if not isinstance(hypothesis, str) or not hypothesis.strip():
+                raise InputError(f"{self.name} needs a non-empty hypothesis string, got {hypothesis!r}")
+            return hypothesis.strip(), None
+        items = sample.get("hypotheses") or []
+        if not items:
+            raise TaskError(f"{self.name} needs hypothesis='...' (or a sample with 'hypotheses': "
+                            "[(text, 'entailment' | 'neutral' | 'contradiction'), ...])")
+        item = pick(items, rng)
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise DataError(f"a hypothesis of the sample is {item!r}; write hypotheses as (text, label)")
+        text, label = item
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"a hypothesis of the sample is {text!r}; it must be non-empty text")
+        return text.strip(), hypothesis_label(label, text)
+
+    def build(self, sample, ctx, rng=None, **inputs) -> Example:
+        image, info = self._image(sample, ctx)
+        hypothesis, label = self._hypothesis(sample, rng, inputs)
+        prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"),
+                                   text=hypothesis)
+        target = self._text_target(ctx, label) if label else []
+        return self._example(ctx, prompt, ids, image, info, target, hypothesis=hypothesis, label=label)
+
+    def logits_processors(self, ctx, example=None, **overrides) -> list:
+        return [TrieProcessor(ctx.vocab, label_trie(ctx, list(LABELS)))]
+
+    def generation_kwargs(self, ctx, **overrides) -> dict:
+        longest = max(len(ctx.encode_text(s)) for s in LABELS) + 1
+        return {"max_new_tokens": int(overrides.get("max_new_tokens") or longest)}
+
+    def parse(self, ids, ctx, info=None, *, logprobs=None, **kw) -> Label:
+        """The label written (up to eos) with its probability; the text as it is where it is none of them."""
+        ids = [int(i) for i in ids]
+        end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
+        text = ctx.decode_text(ids[:end])
+        return Label(text.lower() if text.lower() in LABELS else text, sequence_score(ids[:end], logprobs))
+
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        pairs = [(str(p).strip().lower(), e.meta["label"]) for p, e in zip(predictions, examples)
+                 if e.meta.get("label")]
+        out = {"accuracy": accuracy(*zip(*pairs)) if pairs else float("nan")}
+        for word in LABELS:
+            part = [(p, t) for p, t in pairs if t == word]
+            out[f"accuracy_{word}"] = accuracy(*zip(*part)) if part else float("nan")
+        return out
+
+    def example_record(self, prediction, example, sample) -> dict:
+        truth = example.meta["label"]
+        correct = str(prediction).strip().lower() == truth
+        return {"hypothesis": example.meta["hypothesis"], "prediction": str(prediction),
+                "score": float(getattr(prediction, "score", float("nan"))), "truth": truth, "correct": correct,
+                **{f"correct_{w}": correct if truth == w else None for w in LABELS}}
+
+    def to_record(self, result, inputs, files, stem) -> dict:
+        return {"hypothesis": inputs.get("hypothesis"), "label": str(result),
+                "score": finite(getattr(result, "score", float("nan")))}
+
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
+        return f"{short(example.meta['hypothesis'], 60)}: {example.meta.get('label')}", str(prediction)
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
+        if image is None:
+            return []
+        hypothesis = (example.meta.get("hypothesis") if example is not None else None) or \
+            (inputs or {}).get("hypothesis") or ""
+        said = f"{short(hypothesis, 80)}: {result}"
+        if example is not None:
+            said = f"{self.name}: {said} (truth: {example.meta.get('label')})"
+        return [(viz.enlarge(image, scale), said)]

@@ -1,0 +1,148 @@
+"""Reasoning over an image pair: is a statement about two images true or false? (NLVR2's task,
+Suhr et al., 2019; the shapes world's pairs are :mod:`unio.data.shapes_pairs`.)
+
+Both images reach the encoder together, each with its image-index embedding; the prompt carries
+the statement. The answer is "true" or "false", decoded through a trie over the two labels, so the
+output is always one of them, with its probability among the two as its score.
+"""
+from __future__ import annotations
+
+from PIL import Image
+
+from .. import viz
+from ..errors import DataError, InputError, TaskError
+from ..metrics import accuracy
+from .base import Example, Label, Task, finite, pick, short
+from .classify import label_trie, sequence_score
+from .constraints import TrieProcessor
+from .registry import register
+
+__all__ = ["Reason", "LABELS", "truth_label", "item_images", "side_by_side"]
+
+LABELS = ("true", "false")
+
+
+def truth_label(value, statement: str) -> str:
+    """A statement's label as "true" / "false" (a bool or either word, any case); DataError otherwise."""
+    if isinstance(value, bool):
+        return LABELS[0] if value else LABELS[1]
+    if isinstance(value, str) and value.strip().lower() in LABELS:
+        return value.strip().lower()
+    raise DataError(f"the statement {statement!r} is labelled {value!r}; label statements \"true\" or \"false\"")
+
+
+def item_images(image, example: Example | None) -> list:
+    """The pictures of one item: ``image`` when it is a list, else the example's images, else ``[image]``."""
+    if isinstance(image, (list, tuple)):
+        return list(image)
+    if example is not None and example.images:
+        return list(example.images)
+    return [] if image is None else [image]
+
+
+def side_by_side(images, scale: float = 1.0, pad: int = 4) -> Image.Image:
+    """The images of one item in a row, each enlarged ``scale`` times."""
+    return viz.image_grid([viz.enlarge(im, scale) for im in images], cols=max(1, len(images)), pad=pad)
+
+
+@register
+class Reason(Task):
+    """A statement about two images (``images=[left, right]``) -> "true" or "false".
+
+    Scored by ``accuracy``, and by ``accuracy_true`` / ``accuracy_false``: the accuracy on the true
+    and on the false statements (a model that always says one word scores 1 on one and 0 on the other).
+    """
+
+    name = "reason"
+    num_images = 2
+    placeholders = frozenset({"text"})
+    inputs = ("statement",)
+    headline = "accuracy"
+    means = {"accuracy": "correct", "accuracy_true": "correct_true", "accuracy_false": "correct_false"}
+    needs_scores = True
+    max_new_tokens = 4
+
+    def pick_item(self, sample, rng):
+        statements = sample.get("statements") or []
+        if not statements:
+            return sample
+        return {**sample, "statements": [statements[int(rng.integers(len(statements)))]]}
+
+    def can_build(self, sample: dict) -> bool:
+        images = sample.get("images")
+        return isinstance(images, (list, tuple)) and len(images) == self.num_images and bool(sample.get("statements"))
+
+    def _statement(self, sample: dict, rng, inputs: dict) -> tuple[str, str | None]:
+        statement = inputs.get("statement")
+        if statement is None:
+            statements = sample.get("statements") or []
+            if not statements:
+                raise TaskError(f"{self.name} needs statement='...' (or a sample with 'statements': "
+                                "[(text, 'true' | 'false'), ...])")
+            item = pick(statements, rng)
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise DataError(f"a statement of the sample is {item!r}; write statements as (text, 'true' | 'false')")
+            statement, label = item
+            if not isinstance(statement, str) or not statement.strip():
+                raise DataError(f"a statement of the sample is {statement!r}; it must be non-empty text")
+            return statement.strip(), truth_label(label, statement)
+        if not isinstance(statement, str) or not statement.strip():
+            raise InputError(f"{self.name} needs a non-empty statement string, got {statement!r}")
+        return statement.strip(), None
+
+    def build(self, sample, ctx, rng=None, **inputs) -> Example:
+        images, infos = self._images(sample, ctx)
+        statement, label = self._statement(sample, rng, inputs)
+        prompt, ids = self._prompt(ctx, rng, (infos[0].width, infos[0].height), template=inputs.get("prompt"),
+                                   text=statement)
+        target = self._text_target(ctx, label) if label else []
+        return self._example(ctx, prompt, ids, images, infos[0], target, statement=statement, label=label)
+
+    def logits_processors(self, ctx, example=None, **overrides) -> list:
+        return [TrieProcessor(ctx.vocab, label_trie(ctx, list(LABELS)))]
+
+    def generation_kwargs(self, ctx, **overrides) -> dict:
+        longest = max(len(ctx.encode_text(s)) for s in LABELS) + 1
+        return {"max_new_tokens": int(overrides.get("max_new_tokens") or longest)}
+
+    def parse(self, ids, ctx, info=None, *, logprobs=None, **kw) -> Label:
+        """The label written (up to eos) with its probability; the text as it is where it is neither."""
+        ids = [int(i) for i in ids]
+        end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
+        text = ctx.decode_text(ids[:end])
+        return Label(text.lower() if text.lower() in LABELS else text, sequence_score(ids[:end], logprobs))
+
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        pairs = [(str(p).strip().lower(), e.meta["label"]) for p, e in zip(predictions, examples)
+                 if e.meta.get("label")]
+        out = {"accuracy": accuracy(*zip(*pairs)) if pairs else float("nan")}
+        for word in LABELS:
+            part = [(p, t) for p, t in pairs if t == word]
+            out[f"accuracy_{word}"] = accuracy(*zip(*part)) if part else float("nan")
+        return out
+
+    def example_record(self, prediction, example, sample) -> dict:
+        truth = example.meta["label"]
+        correct = str(prediction).strip().lower() == truth
+        return {"statement": example.meta["statement"], "prediction": str(prediction),
+                "score": float(getattr(prediction, "score", float("nan"))), "truth": truth, "correct": correct,
+                "correct_true": correct if truth == LABELS[0] else None,
+                "correct_false": correct if truth == LABELS[1] else None}
+
+    def to_record(self, result, inputs, files, stem) -> dict:
+        return {"statement": inputs.get("statement"), "label": str(result),
+                "score": finite(getattr(result, "score", float("nan")))}
+
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
+        return f"{short(example.meta['statement'], 60)}: {example.meta.get('label')}", str(prediction)
+
+    def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
+        images = item_images(image, example)
+        if not images:
+            return []
+        statement = (example.meta.get("statement") if example is not None else None) or \
+            (inputs or {}).get("statement") or ""
+        said = f"{short(statement, 80)}: {result}"
+        if example is not None:
+            said = f"{self.name}: {said} (truth: {example.meta.get('label')})"
+        return [(side_by_side(images, scale), said)]
