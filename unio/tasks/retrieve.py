@@ -38,6 +38,7 @@ from .base import Example, Task, TaskContext, pick, short
 from .inputs import is_batch
 from .options import Option
 from .registry import get_task, register
+from .text import captions_of
 
 __all__ = ["Retrieve", "Embeddings", "Hit", "embed_images", "embed_texts", "retrieve", "pair_logliks",
            "model_fingerprint", "text_ids", "KS"]
@@ -55,9 +56,7 @@ def text_ids(ctx: TaskContext, text: str) -> list[int]:
 
 
 def _captions(sample: dict) -> list[str]:
-    value = sample.get("caption")
-    values = [value] if isinstance(value, str) else list(value or [])
-    return [str(v) for v in values if str(v).strip()]
+    return captions_of(sample)
 
 
 # ---------------------------------------------------------------------- embeddings

@@ -25,6 +25,11 @@ def _texts(value) -> list[str]:
     return [str(v) for v in value if str(v).strip()]
 
 
+def captions_of(sample: dict) -> list[str]:
+    """The reference captions of a sample (its ``caption`` field: one string or a list)."""
+    return _texts(sample.get("caption"))
+
+
 class TextTask(Task):
     """Shared parse: the text pieces of the output, decoded (other modalities ignored)."""
 
@@ -69,12 +74,12 @@ class Caption(Described):
     max_new_tokens = 48
 
     def can_build(self, sample: dict) -> bool:
-        return super().can_build(sample) and bool(_texts(sample.get("caption")))
+        return super().can_build(sample) and bool(captions_of(sample))
 
     def build(self, sample, ctx, rng=None, **inputs) -> Example:
         image, info = self._image(sample, ctx)
         prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"))
-        refs = _texts(sample.get("caption"))
+        refs = captions_of(sample)
         labels = self._text_target(ctx, pick(refs, rng)) if refs else []
         return self._example(ctx, prompt, ids, image, info, labels, references=refs)
 

@@ -14,7 +14,7 @@ from .constraints import TrieProcessor
 from .options import Option
 from .reason import item_images, side_by_side
 from .registry import register
-from .text import Described, _texts
+from .text import Described, captions_of
 
 __all__ = ["VideoClassify", "VideoCaption", "has_frames", "FRAMES"]
 
@@ -102,12 +102,12 @@ class VideoCaption(Described):
     max_new_tokens = 24
 
     def can_build(self, sample: dict) -> bool:
-        return has_frames(sample) and bool(_texts(sample.get("caption")))
+        return has_frames(sample) and bool(captions_of(sample))
 
     def build(self, sample, ctx, rng=None, **inputs) -> Example:
         frames, infos = self._images(sample, ctx)
         prompt, ids = self._prompt(ctx, rng, (infos[0].width, infos[0].height), template=inputs.get("prompt"))
-        refs = _texts(sample.get("caption"))
+        refs = captions_of(sample)
         labels = self._text_target(ctx, pick(refs, rng)) if refs else []
         return self._example(ctx, prompt, ids, frames, infos[0], labels, references=refs, frames=len(frames))
 
