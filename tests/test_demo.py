@@ -33,6 +33,26 @@ def test_demo_writes_sheet_and_metrics(model_dir, tmp_path, capsys):
     assert isinstance(metrics["generate_image"]["consistency"], float)
 
 
+def test_demo_shows_pairs_clips_and_retrieval(micro_tokenizers, tmp_path, capsys):
+    """A model that reads several images and embeds: reason on the shapes world's pairs, the video
+    tasks on its clips, retrieve on its scenes, all on one sheet and in one metrics file."""
+    from conftest import write_micro_export
+    model = write_micro_export(tmp_path / "m", micro_tokenizers, max_images=4, projection_dim=16)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--model", str(model), "--out", str(out), "--n", "2", "--seed", "7"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    new = {"reason", "video_classify", "video_caption", "retrieve"}
+    assert set(metrics) == TASKS | new | {"run"} and metrics["run"]["skipped_tasks"] == {}
+    assert metrics["run"]["data_by_task"] == {"reason": "shapes-pairs:7", "video_classify": "shapes-clips:7",
+                                              "video_caption": "shapes-clips:7"}
+    assert metrics["reason"]["n"] == 2 and 0 <= metrics["reason"]["accuracy"] <= 1
+    for task in new:
+        assert f"\n{task} " in printed
+    with Image.open(out / "demo.png") as sheet:
+        assert sheet.height >= 5 * 192
+
+
 def test_demo_without_the_shipped_model(monkeypatch, tmp_path, capsys):
     import unio.cli.demo
     monkeypatch.setattr(unio.cli.demo, "list_models", lambda: [])

@@ -68,12 +68,28 @@ def run_demo(model=None, out="unio-demo", n: int = 50, seed: int = 1000, device=
     counts = {"default": n, **{t: max(1, n // 5) for t in pipe.tasks if get_task(t).writes_image}}
     results, details = evaluate(pipe, f"shapes:{seed}", n=counts, batch_size=batch_size, seed=seed,
                                 progress=progress, return_details=True)
+    # tasks of image pairs and clips: on the shapes world's pairs and clips of the same seed
+    skipped = results["run"]["skipped_tasks"]
+    elsewhere: dict[str, list[str]] = {}
+    for t in list(skipped):
+        task = get_task(t)
+        if task.world != "shapes" and task.unavailable(pipe.model, pipe.ctx) is None:
+            elsewhere.setdefault(task.world, []).append(t)
+    for world, names in elsewhere.items():
+        more, more_details = evaluate(pipe, f"{world}:{seed}", tasks=names, n=counts, batch_size=batch_size,
+                                      seed=seed, progress=progress, return_details=True)
+        for t in names:
+            results[t], details[t] = more[t], more_details[t]
+            skipped.pop(t, None)
+        results["run"]["seconds"] += more["run"]["seconds"]
+        results["run"].setdefault("data_by_task", {}).update({t: more["run"]["data"] for t in names})
     results["run"]["model"] = str(name) if not isinstance(name, Pipeline) else results["run"]["model"]
     cells, rows = [], [("task", "truth (one example)", "prediction", "metric on n images")]
     for task_name, (examples, samples, preds) in details.items():
         task, example, sample, figures = get_task(task_name), examples[0], samples[0], results[task_name]
-        image = sample.get("image") if task.needs_image else None
-        scale = CELL / max(load_image(image).size if image is not None else preds[0].size)
+        image = (sample.get("image") if task.num_images == 1 else sample.get("images")) if task.needs_image else None
+        first = image[0] if isinstance(image, (list, tuple)) else image
+        scale = CELL / max(load_image(first).size if first is not None else preds[0].size)
         cells += task.panels(image, preds[0], example, scale=scale, judge=pipe)
         truth, pred = task.summary(preds[0], example, judge=pipe)
         key = task.headline

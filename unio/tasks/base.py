@@ -223,6 +223,9 @@ class Task:
     # of frames (``sample["images"]``, :meth:`_images`). Several images reach the encoder together,
     # each with its image-index embedding (UnioEncoder).
     num_images: int | None = 1
+    # The seeded world of this project whose samples carry what the task reads (``unio demo`` shows
+    # each task on its world): the shapes world, or its pairs / clips.
+    world: str = "shapes"
     needs_scores: bool = False              # parse reads token log-probabilities (scores, confidences)
     max_new_tokens: int = 32
 
@@ -279,6 +282,11 @@ class Task:
     def unavailable(self, model, ctx: TaskContext) -> str | None:
         """Why ``model`` cannot run this task at all (a part it lacks), else None: evaluation leaves
         such a task out of its default list, and names the reason when the task is asked for."""
+        need = self.num_images or getattr(self.options.get("frames"), "default", None) or 2
+        have = getattr(getattr(model, "config", None), "max_images", 1)
+        if need > have:
+            return (f"{self.name} reads {need} images per example but the model reads at most {have} "
+                    f"(max_images={have}); fine-tune it with --set model.max_images={max(need, 4)}")
         return None
 
     def before_run(self, ctx: TaskContext, options: dict) -> None:

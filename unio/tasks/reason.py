@@ -55,6 +55,7 @@ class Reason(Task):
 
     name = "reason"
     num_images = 2
+    world = "shapes-pairs"
     placeholders = frozenset({"text"})
     inputs = ("statement",)
     headline = "accuracy"

@@ -46,6 +46,7 @@ class VideoClassify(Classify):
     name = "video_classify"
     kind = "action"
     num_images = None
+    world = "shapes-clips"
     options = {"labels": Option("labels", doc="the actions to choose from (default: the model's, else the "
                                               "shapes clips' actions)"), "frames": FRAMES}
     max_new_tokens = 8
@@ -96,6 +97,7 @@ class VideoCaption(Described):
 
     name = "video_caption"
     num_images = None
+    world = "shapes-clips"
     options = {"frames": FRAMES}
     headline = "exact_match"
     means = {"exact_match": "exact_match"}
