@@ -347,7 +347,7 @@ def random_sequences(vocab, n, rng, max_len=90):
             yield draws[which, np.arange(length)].tolist()
 
 
-DECODES_IMAGES = ("segment", "depth", "generate_image", "inpaint")
+DECODES_IMAGES = ("segment", "depth", "generate_image", "inpaint", "masked_image")
 
 
 @pytest.mark.parametrize("name", list(TASKS))

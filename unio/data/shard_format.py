@@ -219,7 +219,7 @@ def decode_sample(key: str, members: dict, required=()) -> dict:
                 o["box"] = tuple(float(v) for v in o["box"])
             if "mask" in o:
                 o["mask"] = rle_decode(o["mask"])
-        for field in ("qa", "refexps"):
+        for field in ("qa", "refexps", "hypotheses", "statements"):  # lists of (text, answer) pairs
             if field in ann:
                 ann[field] = [tuple(item) for item in ann[field]]
     except (TypeError, ValueError, AttributeError, DataError) as exc:
