@@ -13,7 +13,7 @@ from .. import viz
 from ..errors import InputError, TaskError
 from ..metrics import accuracy
 from .registry import register
-from .base import Example, Label, Task, TaskContext, box_list, check_box, finite, fmt_box, one_object, pick
+from .base import Example, Label, Task, TaskContext, box_list, check_box, finite, fmt_box, one_object, pick, short
 from .constraints import AllowedIdsProcessor, LabelTrie, TrieProcessor
 from .options import Option
 
@@ -158,3 +158,53 @@ class ClassifyRegion(Classify):
             raise TaskError("classify_region needs box=(x1, y1, x2, y2) in pixels (or a sample with objects)")
         obj = pick(objects, rng)
         return {"region": check_box(obj["box"])}, {"box": tuple(obj["box"])}, obj.get("label")
+
+
+class ClosedAnswer(Task):
+    """A task whose answer is one word of a fixed set (``answers``: reason's true / false, entail's
+    three labels) about its one text input (``inputs[0]``): decoded through the words' trie, read
+    back as a :class:`Label` with its probability, scored by accuracy overall and per true answer."""
+
+    answers: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.answers:
+            cls.means = {"accuracy": "correct", **{f"accuracy_{w}": f"correct_{w}" for w in cls.answers}}
+
+    def logits_processors(self, ctx, example=None, **overrides) -> list:
+        return [TrieProcessor(ctx.vocab, label_trie(ctx, list(self.answers)))]
+
+    def generation_kwargs(self, ctx, **overrides) -> dict:
+        longest = max(len(ctx.encode_text(s)) for s in self.answers) + 1
+        return {"max_new_tokens": int(overrides.get("max_new_tokens") or longest)}
+
+    def parse(self, ids, ctx, info=None, *, logprobs=None, **kw) -> Label:
+        """The answer written (up to eos) with its probability; the text as it is where it is none of them."""
+        ids = [int(i) for i in ids]
+        end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
+        text = ctx.decode_text(ids[:end])
+        return Label(text.lower() if text.lower() in self.answers else text, sequence_score(ids[:end], logprobs))
+
+    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
+        pairs = [(str(p).strip().lower(), e.meta["label"]) for p, e in zip(predictions, examples)
+                 if e.meta.get("label")]
+        out = {"accuracy": accuracy(*zip(*pairs)) if pairs else float("nan")}
+        for word in self.answers:
+            part = [(p, t) for p, t in pairs if t == word]
+            out[f"accuracy_{word}"] = accuracy(*zip(*part)) if part else float("nan")
+        return out
+
+    def example_record(self, prediction, example, sample) -> dict:
+        asked, truth = self.inputs[0], example.meta["label"]
+        correct = str(prediction).strip().lower() == truth
+        return {asked: example.meta[asked], "prediction": str(prediction),
+                "score": float(getattr(prediction, "score", float("nan"))), "truth": truth, "correct": correct,
+                **{f"correct_{w}": correct if truth == w else None for w in self.answers}}
+
+    def to_record(self, result, inputs, files, stem) -> dict:
+        return {self.inputs[0]: inputs.get(self.inputs[0]), "label": str(result),
+                "score": finite(getattr(result, "score", float("nan")))}
+
+    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
+        return f"{short(example.meta[self.inputs[0]], 60)}: {example.meta.get('label')}", str(prediction)

@@ -14,10 +14,8 @@ from __future__ import annotations
 from .. import viz
 from ..data.language import HYPOTHESIS_LABELS
 from ..errors import DataError, InputError, TaskError
-from ..metrics import accuracy
-from .base import Example, Label, Task, finite, pick, short
-from .classify import label_trie, sequence_score
-from .constraints import TrieProcessor
+from .base import Example, pick, short
+from .classify import ClosedAnswer
 from .registry import register
 
 __all__ = ["Entail", "LABELS"]
@@ -34,7 +32,7 @@ def hypothesis_label(value, hypothesis: str) -> str:
 
 
 @register
-class Entail(Task):
+class Entail(ClosedAnswer):
     """An image and a hypothesis (``hypothesis="..."``) -> "entailment", "neutral" or "contradiction".
 
     Scored by ``accuracy`` and by the accuracy on the hypotheses of each label (``accuracy_entailment``,
@@ -46,7 +44,7 @@ class Entail(Task):
     placeholders = frozenset({"text"})
     inputs = ("hypothesis",)
     headline = "accuracy"
-    means = {"accuracy": "correct", **{f"accuracy_{w}": f"correct_{w}" for w in LABELS}}
+    answers = LABELS
     needs_scores = True
     max_new_tokens = 12
     def pick_item(self, sample, rng):
@@ -83,43 +81,6 @@ class Entail(Task):
                                    text=hypothesis)
         target = self._text_target(ctx, label) if label else []
         return self._example(ctx, prompt, ids, image, info, target, hypothesis=hypothesis, label=label)
-
-    def logits_processors(self, ctx, example=None, **overrides) -> list:
-        return [TrieProcessor(ctx.vocab, label_trie(ctx, list(LABELS)))]
-
-    def generation_kwargs(self, ctx, **overrides) -> dict:
-        longest = max(len(ctx.encode_text(s)) for s in LABELS) + 1
-        return {"max_new_tokens": int(overrides.get("max_new_tokens") or longest)}
-
-    def parse(self, ids, ctx, info=None, *, logprobs=None, **kw) -> Label:
-        """The label written (up to eos) with its probability; the text as it is where it is none of them."""
-        ids = [int(i) for i in ids]
-        end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
-        text = ctx.decode_text(ids[:end])
-        return Label(text.lower() if text.lower() in LABELS else text, sequence_score(ids[:end], logprobs))
-
-    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
-        pairs = [(str(p).strip().lower(), e.meta["label"]) for p, e in zip(predictions, examples)
-                 if e.meta.get("label")]
-        out = {"accuracy": accuracy(*zip(*pairs)) if pairs else float("nan")}
-        for word in LABELS:
-            part = [(p, t) for p, t in pairs if t == word]
-            out[f"accuracy_{word}"] = accuracy(*zip(*part)) if part else float("nan")
-        return out
-
-    def example_record(self, prediction, example, sample) -> dict:
-        truth = example.meta["label"]
-        correct = str(prediction).strip().lower() == truth
-        return {"hypothesis": example.meta["hypothesis"], "prediction": str(prediction),
-                "score": float(getattr(prediction, "score", float("nan"))), "truth": truth, "correct": correct,
-                **{f"correct_{w}": correct if truth == w else None for w in LABELS}}
-
-    def to_record(self, result, inputs, files, stem) -> dict:
-        return {"hypothesis": inputs.get("hypothesis"), "label": str(result),
-                "score": finite(getattr(result, "score", float("nan")))}
-
-    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
-        return f"{short(example.meta['hypothesis'], 60)}: {example.meta.get('label')}", str(prediction)
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         if image is None:

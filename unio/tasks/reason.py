@@ -11,10 +11,8 @@ from PIL import Image
 
 from .. import viz
 from ..errors import DataError, InputError, TaskError
-from ..metrics import accuracy
-from .base import Example, Label, Task, finite, pick, short
-from .classify import label_trie, sequence_score
-from .constraints import TrieProcessor
+from .base import Example, pick, short
+from .classify import ClosedAnswer
 from .registry import register
 
 __all__ = ["Reason", "LABELS", "truth_label", "item_images", "side_by_side"]
@@ -46,7 +44,7 @@ def side_by_side(images, scale: float = 1.0, pad: int = 4) -> Image.Image:
 
 
 @register
-class Reason(Task):
+class Reason(ClosedAnswer):
     """A statement about two images (``images=[left, right]``) -> "true" or "false".
 
     Scored by ``accuracy``, and by ``accuracy_true`` / ``accuracy_false``: the accuracy on the true
@@ -59,7 +57,7 @@ class Reason(Task):
     placeholders = frozenset({"text"})
     inputs = ("statement",)
     headline = "accuracy"
-    means = {"accuracy": "correct", "accuracy_true": "correct_true", "accuracy_false": "correct_false"}
+    answers = LABELS
     needs_scores = True
     max_new_tokens = 4
 
@@ -98,44 +96,6 @@ class Reason(Task):
                                    text=statement)
         target = self._text_target(ctx, label) if label else []
         return self._example(ctx, prompt, ids, images, infos[0], target, statement=statement, label=label)
-
-    def logits_processors(self, ctx, example=None, **overrides) -> list:
-        return [TrieProcessor(ctx.vocab, label_trie(ctx, list(LABELS)))]
-
-    def generation_kwargs(self, ctx, **overrides) -> dict:
-        longest = max(len(ctx.encode_text(s)) for s in LABELS) + 1
-        return {"max_new_tokens": int(overrides.get("max_new_tokens") or longest)}
-
-    def parse(self, ids, ctx, info=None, *, logprobs=None, **kw) -> Label:
-        """The label written (up to eos) with its probability; the text as it is where it is neither."""
-        ids = [int(i) for i in ids]
-        end = ids.index(ctx.vocab.eos_id) + 1 if ctx.vocab.eos_id in ids else len(ids)
-        text = ctx.decode_text(ids[:end])
-        return Label(text.lower() if text.lower() in LABELS else text, sequence_score(ids[:end], logprobs))
-
-    def metric(self, predictions, examples, samples=None, judge=None) -> dict[str, float]:
-        pairs = [(str(p).strip().lower(), e.meta["label"]) for p, e in zip(predictions, examples)
-                 if e.meta.get("label")]
-        out = {"accuracy": accuracy(*zip(*pairs)) if pairs else float("nan")}
-        for word in LABELS:
-            part = [(p, t) for p, t in pairs if t == word]
-            out[f"accuracy_{word}"] = accuracy(*zip(*part)) if part else float("nan")
-        return out
-
-    def example_record(self, prediction, example, sample) -> dict:
-        truth = example.meta["label"]
-        correct = str(prediction).strip().lower() == truth
-        return {"statement": example.meta["statement"], "prediction": str(prediction),
-                "score": float(getattr(prediction, "score", float("nan"))), "truth": truth, "correct": correct,
-                "correct_true": correct if truth == LABELS[0] else None,
-                "correct_false": correct if truth == LABELS[1] else None}
-
-    def to_record(self, result, inputs, files, stem) -> dict:
-        return {"statement": inputs.get("statement"), "label": str(result),
-                "score": finite(getattr(result, "score", float("nan")))}
-
-    def summary(self, prediction, example, judge=None) -> tuple[str, str]:
-        return f"{short(example.meta['statement'], 60)}: {example.meta.get('label')}", str(prediction)
 
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         images = item_images(image, example)
