@@ -265,8 +265,8 @@ class UnioEncoder(nn.Module):
     embedding, and every patch attends to every other patch and the prompt (joint space-time attention,
     ViViT's first model, Arnab et al. 2021: at 4 frames x 64 patches the full attention costs little, and
     one attention pattern keeps the encoder the same for one image, a pair or a clip; TimeSformer's
-    divided attention pays off at hundreds of patches per frame). The index embedding starts at zero,
-    so a single-image model given ``max_images`` > 1 computes exactly what it did before.
+    divided attention pays off at hundreds of patches per frame). Image 0's index embedding starts at
+    zero, so a single-image model given ``max_images`` > 1 computes exactly what it did before.
 
     Positions: patches get learned 2-D position embeddings, one row and one column vector per grid
     index added together (as Pix2Struct does). Images always arrive letterboxed to the same square, so
@@ -551,8 +551,14 @@ class UnioPreTrainedModel(PreTrainedModel):
         elif isinstance(module, UnioEncoder):
             for p in (module.row_embed, module.col_embed, module.modality_embed, module.mask_embed):
                 init.normal_(p, mean=0.0, std=std)
-            if hasattr(module, "image_index_embed"):  # zero: one image reads as before
-                init.zeros_(module.image_index_embed)
+            if hasattr(module, "image_index_embed"):
+                # image 0's vector zero (a single picture reads exactly as before); the others random, so
+                # that frames are told apart from the first step: with all of them zero, the encoder sees
+                # a clip's frames as an unordered set and cannot tell "moves left" from "moves right"
+                if not getattr(module.image_index_embed, "_is_hf_initialized", False):  # never a loaded one
+                    init.normal_(module.image_index_embed, mean=0.0, std=std)
+                    with torch.no_grad():
+                        module.image_index_embed[0].zero_()
 
 
 class UnioForConditionalGeneration(UnioPreTrainedModel, GenerationMixin):
