@@ -161,7 +161,7 @@ class Pipeline:
             # still come back in its own pixels; tasks answering with a full-size picture read it all.
             side = None if t.picture_files else READ_SIDE * self.ctx.image_size
             if t.num_images != 1:  # pairs, clips: an item is several pictures (a list, a folder, a video)
-                frames = options.get("frames", getattr(t.options.get("frames"), "default", None))
+                frames = t.frames(options)
                 items, batch = several_image_items(image, t.num_images, frames, side)
                 rows = [{"images": ims} for ims in items]
             else:

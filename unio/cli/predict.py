@@ -137,7 +137,7 @@ def _predict_item(task, args, inputs: dict, options: dict) -> int:
         source = given[0]
     else:
         source = [Path(p) for p in given]
-    frames = options.get("frames", getattr(task.options.get("frames"), "default", None))
+    frames = task.frames(options)
     items, _ = several_image_items(source, task.num_images, frames, READ_SIDE * 64)
     if task.num_images is not None and len(items[0]) != task.num_images:
         raise InputError(f"`unio predict {name}` reads {task.num_images} images (one item), got {len(items[0])}")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..data.frames import evenly
 from ..errors import ImageError, InputError, TaskError, UnioError
 from ..images import check_box, load_image, unreadable
 from ..tasks import get_task, task_names
@@ -100,14 +101,18 @@ def read_fields(task, fields: dict[str, Any], *, image: bytes | None, filename: 
         pil = decode_image(image, max_pixels)
     elif image:
         raise InputError(f"{task.name} makes its answer from {task.text_input} alone; send no image")
+    return Parsed(task.name, pil, filename, _inputs(task, fields), _options(task, fields, from_json))
+
+
+def _inputs(task, fields: dict) -> dict:
+    """The task's own inputs (question, expression, box, ...), each checked."""
     inputs = {}
     for name in task.inputs:
         value = fields.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise InputError(f"{task.name} needs {name}" + (" (x1,y1,x2,y2 in pixels of the image)" if name == "box" else ""))
         inputs[name] = _box(value) if name == "box" else _text(name, value)
-    options = _options(task, fields, from_json)
-    return Parsed(task.name, pil, filename, inputs, options)
+    return inputs
 
 
 def _several(task, fields: dict, image, filename, max_pixels: int, from_json: bool) -> Parsed:
@@ -128,21 +133,12 @@ def _several(task, fields: dict, image, filename, max_pixels: int, from_json: bo
     if want is not None and len(blobs) != want:
         raise InputError(f"{task.name} reads {want} images per request, got {len(blobs)}; send them in order")
     pictures = [decode_image(b, max_pixels) for b in blobs]
+    options = _options(task, fields, from_json)
     if want is None:
         if len({p.size for p in pictures}) > 1:
             raise InputError(f"the frames of one clip must share one size, got {sorted({p.size for p in pictures})}")
-        options = _options(task, fields, from_json)
-        frames = options.get("frames", getattr(task.options.get("frames"), "default", None))
-        if frames is not None and frames < len(pictures):  # spread evenly, as unio predict reads a clip
-            pictures = [pictures[int(i * (len(pictures) - 1) / max(1, frames - 1) + 0.5)] for i in range(frames)] \
-                if frames > 1 else pictures[:1]
-    inputs = {}
-    for name in task.inputs:
-        value = fields.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise InputError(f"{task.name} needs {name}")
-        inputs[name] = _box(value) if name == "box" else _text(name, value)
-    return Parsed(task.name, pictures, filename, inputs, _options(task, fields, from_json))
+        pictures = [pictures[i] for i in evenly(len(pictures), task.frames(options))]  # as unio predict reads a clip
+    return Parsed(task.name, pictures, filename, _inputs(task, fields), options)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -279,6 +279,10 @@ class Task:
     def parse(self, ids, ctx: TaskContext, info: Letterbox | None = None, **kw):
         raise NotImplementedError
 
+    def frames(self, options: dict) -> int | None:
+        """How many frames of a clip to read (the ``frames`` option, else its default; None: all)."""
+        return options.get("frames", getattr(self.options.get("frames"), "default", None))
+
     def unavailable(self, model, ctx: TaskContext) -> str | None:
         """Why ``model`` cannot run this task at all (a part it lacks), else None: evaluation leaves
         such a task out of its default list, and names the reason when the task is asked for."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .. import viz
-from ..errors import InputError, TaskError
+from ..errors import DataError, InputError, TaskError
 from ..metrics import accuracy
 from .registry import register
 from .base import Example, Label, Task, TaskContext, box_list, check_box, finite, fmt_box, one_object, pick, short
@@ -166,11 +166,45 @@ class ClosedAnswer(Task):
     back as a :class:`Label` with its probability, scored by accuracy overall and per true answer."""
 
     answers: tuple[str, ...] = ()
+    items: str = ""          # the sample's list of (text, answer) pairs: "statements", "hypotheses"
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if cls.answers:
             cls.means = {"accuracy": "correct", **{f"accuracy_{w}": f"correct_{w}" for w in cls.answers}}
+
+    def answer_of(self, value, text: str) -> str:
+        """A sample's answer for ``text`` as one of ``answers``; DataError otherwise."""
+        raise NotImplementedError
+
+    def pick_item(self, sample, rng):
+        items = sample.get(self.items) or []
+        if not items:
+            return sample
+        return {**sample, self.items: [items[int(rng.integers(len(items)))]]}
+
+    def can_build(self, sample: dict) -> bool:
+        return super().can_build(sample) and bool(sample.get(self.items))
+
+    def asked(self, sample: dict, rng, inputs: dict) -> tuple[str, str | None]:
+        """(the text asked about, its answer or None): the caller's input, else one of the sample's items."""
+        name = self.inputs[0]
+        text = inputs.get(name)
+        if text is not None:
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"{self.name} needs a non-empty {name} string, got {text!r}")
+            return text.strip(), None
+        items = sample.get(self.items) or []
+        if not items:
+            raise TaskError(f"{self.name} needs {name}='...' (or a sample with '{self.items}': "
+                            f"[(text, {' | '.join(repr(a) for a in self.answers)}), ...])")
+        item = pick(items, rng)
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise DataError(f"a {name} of the sample is {item!r}; write {self.items} as (text, label)")
+        text, answer = item
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"a {name} of the sample is {text!r}; it must be non-empty text")
+        return text.strip(), self.answer_of(answer, text)
 
     def logits_processors(self, ctx, example=None, **overrides) -> list:
         return [TrieProcessor(ctx.vocab, label_trie(ctx, list(self.answers)))]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .. import viz
 from ..data.language import HYPOTHESIS_LABELS
-from ..errors import DataError, InputError, TaskError
-from .base import Example, pick, short
+from ..errors import DataError
+from .base import Example, short
 from .classify import ClosedAnswer
 from .registry import register
 
@@ -47,36 +47,15 @@ class Entail(ClosedAnswer):
     answers = LABELS
     needs_scores = True
     max_new_tokens = 12
-    def pick_item(self, sample, rng):
-        items = sample.get("hypotheses") or []
-        if not items:
-            return sample
-        return {**sample, "hypotheses": [items[int(rng.integers(len(items)))]]}
 
-    def can_build(self, sample: dict) -> bool:
-        return super().can_build(sample) and bool(sample.get("hypotheses"))
+    items = "hypotheses"
 
-    def _hypothesis(self, sample: dict, rng, inputs: dict) -> tuple[str, str | None]:
-        hypothesis = inputs.get("hypothesis")
-        if hypothesis is not None:
-            if not isinstance(hypothesis, str) or not hypothesis.strip():
-                raise InputError(f"{self.name} needs a non-empty hypothesis string, got {hypothesis!r}")
-            return hypothesis.strip(), None
-        items = sample.get("hypotheses") or []
-        if not items:
-            raise TaskError(f"{self.name} needs hypothesis='...' (or a sample with 'hypotheses': "
-                            "[(text, 'entailment' | 'neutral' | 'contradiction'), ...])")
-        item = pick(items, rng)
-        if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise DataError(f"a hypothesis of the sample is {item!r}; write hypotheses as (text, label)")
-        text, label = item
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"a hypothesis of the sample is {text!r}; it must be non-empty text")
-        return text.strip(), hypothesis_label(label, text)
+    def answer_of(self, value, text: str) -> str:
+        return hypothesis_label(value, text)
 
     def build(self, sample, ctx, rng=None, **inputs) -> Example:
         image, info = self._image(sample, ctx)
-        hypothesis, label = self._hypothesis(sample, rng, inputs)
+        hypothesis, label = self.asked(sample, rng, inputs)
         prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"),
                                    text=hypothesis)
         target = self._text_target(ctx, label) if label else []

@@ -10,8 +10,8 @@ from __future__ import annotations
 from PIL import Image
 
 from .. import viz
-from ..errors import DataError, InputError, TaskError
-from .base import Example, pick, short
+from ..errors import DataError
+from .base import Example, short
 from .classify import ClosedAnswer
 from .registry import register
 
@@ -60,38 +60,18 @@ class Reason(ClosedAnswer):
     answers = LABELS
     needs_scores = True
     max_new_tokens = 4
-
-    def pick_item(self, sample, rng):
-        statements = sample.get("statements") or []
-        if not statements:
-            return sample
-        return {**sample, "statements": [statements[int(rng.integers(len(statements)))]]}
+    items = "statements"
 
     def can_build(self, sample: dict) -> bool:
         images = sample.get("images")
         return isinstance(images, (list, tuple)) and len(images) == self.num_images and bool(sample.get("statements"))
 
-    def _statement(self, sample: dict, rng, inputs: dict) -> tuple[str, str | None]:
-        statement = inputs.get("statement")
-        if statement is None:
-            statements = sample.get("statements") or []
-            if not statements:
-                raise TaskError(f"{self.name} needs statement='...' (or a sample with 'statements': "
-                                "[(text, 'true' | 'false'), ...])")
-            item = pick(statements, rng)
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise DataError(f"a statement of the sample is {item!r}; write statements as (text, 'true' | 'false')")
-            statement, label = item
-            if not isinstance(statement, str) or not statement.strip():
-                raise DataError(f"a statement of the sample is {statement!r}; it must be non-empty text")
-            return statement.strip(), truth_label(label, statement)
-        if not isinstance(statement, str) or not statement.strip():
-            raise InputError(f"{self.name} needs a non-empty statement string, got {statement!r}")
-        return statement.strip(), None
+    def answer_of(self, value, text: str) -> str:
+        return truth_label(value, text)
 
     def build(self, sample, ctx, rng=None, **inputs) -> Example:
         images, infos = self._images(sample, ctx)
-        statement, label = self._statement(sample, rng, inputs)
+        statement, label = self.asked(sample, rng, inputs)
         prompt, ids = self._prompt(ctx, rng, (infos[0].width, infos[0].height), template=inputs.get("prompt"),
                                    text=statement)
         target = self._text_target(ctx, label) if label else []
