@@ -10,8 +10,10 @@ as multipart uploads and half as JSON with base64, plus a few bad ones that must
 4xx while the rest succeed: a broken image (422), an unknown task (404), a bad option value (422)
 and an oversized body (413; the server runs with --max-upload-mb 1). The same request list is sent
 one by one by a single client (sequential), then by --clients concurrent clients (each takes the
-next request when its previous one is answered), --rounds times, alternating, so that the noise of
-a shared machine falls on both; the speedup is the median of the rounds' ratios. Reports
+next request when its previous one is answered) to a second server started with --no-mix-tasks
+(batches of one task and options only: "concurrent, by task"), then to the first (greedy requests
+of any tasks share a model call: "concurrent"), --rounds times, alternating, so that the noise of
+a shared machine falls on every arm; the speedup is the median of the rounds' ratios. Reports
 throughput, p50/p99 latency, the time the server's worker spent in the model, the mean batch size
 per task (from /metrics), the server's RSS after a warm-up and after all rounds, and compares every
 answer with a direct ``pipe.run`` of the same input in this process (texts and boxes exactly;
@@ -45,6 +47,7 @@ import unio
 from unio.data.shapes import ShapesWorld
 
 TARGET = 3.0
+BY_TASK = "concurrent, by task"
 TASKS = ("caption", "vqa", "detect", "ground", "depth")
 BAD = {  # kind -> expected status
     "broken_image": 422, "unknown_task": 404, "bad_option": 422, "oversized": 413,
@@ -193,6 +196,41 @@ def phase_row(name: str, results: list, wall: float, clients: int) -> dict:
             "p99_ms": float(np.percentile(lat, 99))}
 
 
+def start_server(args, extra: list[str], deadline: float):
+    """``unio serve`` on a free loopback port, ready: (url, psutil.Process with the Popen as .popen)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "unio", "serve", "--model", args.model, "--port", str(port), "--threads",
+           str(args.threads), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+           "--max-upload-mb", "1", "--timeout", str(args.timeout), "--log-level", "warning", *extra]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "UNIO_SERVE_TOKEN"})
+    proc = psutil.Process(server.pid)
+    proc.popen = server
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited: {server.stderr.read()}")
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            raise SystemExit("the server did not come up in time")
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def stop_server(proc) -> None:
+    server = proc.popen
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="shapes-demo")
@@ -221,75 +259,66 @@ def main(argv=None) -> int:
     print(f"direct pipe.run of the {len(refs)} good requests, one by one: {direct_s:.1f} s", file=sys.stderr)
     del pipe
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "unio", "serve", "--model", args.model, "--port", str(port), "--threads",
-           str(args.threads), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-           "--max-upload-mb", "1", "--timeout", str(args.timeout), "--log-level", "warning"]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={k: v for k, v in os.environ.items() if k != "UNIO_SERVE_TOKEN"})
+    servers = {}
     try:
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited: {server.stderr.read()}")
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not come up in time")
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        proc = psutil.Process(server.pid)
+        for kind, extra in (("mixed", []), ("by task", ["--no-mix-tasks"])):
+            servers[kind] = start_server(args, extra, deadline)
+        url, proc = servers["mixed"]
         warm = [r for r in reqs if r["bad"] is None][:40]
-        asyncio.run(send_all(url, warm, 4, args.timeout))     # warm-up, not measured
+        for u, _ in servers.values():
+            asyncio.run(send_all(u, warm, 4, args.timeout))   # warm-up, not measured
         rss_before = proc.memory_info().rss / 2**20
         rows, checks, batches = [], [], {}
-        for rnd in range(1, args.rounds + 1):                 # the phases alternate: noise hits both
-            for name, clients in (("sequential", 1), ("concurrent", args.clients)):
+        phases = (("sequential", 1, "mixed"), (BY_TASK, args.clients, "by task"), ("concurrent", args.clients, "mixed"))
+        for rnd in range(1, args.rounds + 1):                 # the phases alternate: noise hits every arm
+            for name, clients, kind in phases:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"out of time (--time-limit {args.time_limit:g}) in round {rnd}")
-                before, busy0 = scrape(url)
-                results, wall = asyncio.run(send_all(url, reqs, clients, args.timeout))
-                after, busy1 = scrape(url)
+                u = servers[kind][0]
+                before, busy0 = scrape(u)
+                results, wall = asyncio.run(send_all(u, reqs, clients, args.timeout))
+                after, busy1 = scrape(u)
                 rows.append({**phase_row(name, results, wall, clients), "round": rnd, "model_busy_s": busy1 - busy0})
                 checks.append({**check(name, reqs, results, refs), "round": rnd})
-                if name == "concurrent":
+                if clients > 1:
+                    got = batches.setdefault(name, {})
                     for t in after:
                         s0, c0 = before.get(t, (0.0, 0.0))
-                        s1, c1 = batches.get(t, (0.0, 0.0))
-                        batches[t] = (s1 + after[t][0] - s0, c1 + after[t][1] - c0)
+                        s1, c1 = got.get(t, (0.0, 0.0))
+                        got[t] = (s1 + after[t][0] - s0, c1 + after[t][1] - c0)
         rss_after = proc.memory_info().rss / 2**20
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        for _, p in servers.values():
+            stop_server(p)
 
     good = len(refs)
     direct_rps = good / direct_s
-    mean_batch = {t: s / max(1.0, c) for t, (s, c) in batches.items() if t in TASKS}
-    speedups = [c["throughput_rps"] / q["throughput_rps"] for q, c in zip(rows[0::2], rows[1::2])]
+    mean_batch = {name: {t: s / max(1.0, c) for t, (s, c) in got.items() if t in TASKS} for name, got in batches.items()}
+    seq = [r for r in rows if r["phase"] == "sequential"]
+    ratio = {name: [c["throughput_rps"] / q["throughput_rps"] for q, c in zip(seq, [r for r in rows if r["phase"] == name])]
+             for name in (BY_TASK, "concurrent")}
+    speedups = ratio["concurrent"]
     speedup = float(np.median(speedups))
-    best = {name: max(r["throughput_rps"] for r in rows if r["phase"] == name) for name in ("sequential", "concurrent")}
+    best = {name: max(r["throughput_rps"] for r in rows if r["phase"] == name) for name in ("sequential", BY_TASK, "concurrent")}
 
     print(f"\nunio serve load test: {args.model}, {args.n} requests ({good} good over {', '.join(TASKS)}; "
           f"{args.n - good} bad), server --threads {args.threads} --max-batch {args.max_batch} "
           f"--max-wait-ms {args.max_wait_ms:g}, {os.cpu_count()} CPUs, {args.rounds} rounds")
-    print(f"{'round':<6}{'phase':<12}{'clients':>8}{'wall s':>8}{'model s':>9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}"
+    print(f"{'round':<6}{'phase':<21}{'clients':>8}{'wall s':>8}{'model s':>9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'good ok':>10}{'lost':>6}{'mixed':>7}{'bad 4xx':>9}")
     for row, chk in zip(rows, checks):
-        print(f"{row['round']:<6}{row['phase']:<12}{row['clients']:>8}{row['wall_s']:>8.1f}{row['model_busy_s']:>9.1f}"
+        print(f"{row['round']:<6}{row['phase']:<21}{row['clients']:>8}{row['wall_s']:>8.1f}{row['model_busy_s']:>9.1f}"
               f"{row['throughput_rps']:>7.1f}{row['p50_ms']:>8.0f}{row['p99_ms']:>8.0f}"
               f"{chk['good_ok']:>6}/{chk['good']:<3}{chk['lost']:>6}{chk['mixed_up']:>7}"
               f"{chk['bad_answered_right']:>6}/{chk['bad']}")
     print(f"throughput, concurrent / sequential: {speedup:.2f}x (median of rounds: "
-          f"{', '.join(f'{v:.2f}' for v in speedups)}; target {TARGET:g}x)")
-    print(f"best of rounds: sequential {best['sequential']:.1f} req/s, concurrent {best['concurrent']:.1f} req/s; "
-          f"direct pipe.run one by one in this process: {direct_rps:.1f} req/s")
-    print("mean batch size (concurrent phases): " + ", ".join(f"{t} {v:.1f}" for t, v in sorted(mean_batch.items())))
+          f"{', '.join(f'{v:.2f}' for v in speedups)}; target {TARGET:g}x); batches of one task only: "
+          f"{float(np.median(ratio[BY_TASK])):.2f}x ({', '.join(f'{v:.2f}' for v in ratio[BY_TASK])})")
+    print(f"best of rounds: sequential {best['sequential']:.1f} req/s, by task {best[BY_TASK]:.1f} req/s, "
+          f"concurrent {best['concurrent']:.1f} req/s; direct pipe.run one by one in this process: {direct_rps:.1f} req/s")
+    for name, sizes in mean_batch.items():
+        print(f"mean size of the model calls serving each task ({name}): "
+              + ", ".join(f"{t} {v:.1f}" for t, v in sorted(sizes.items())))
     print(f"server RSS: {rss_before:.0f} MiB after warm-up, {rss_after:.0f} MiB after all rounds "
           f"({rss_after - rss_before:+.0f} MiB)")
 
@@ -299,6 +328,7 @@ def main(argv=None) -> int:
         "threads": args.threads, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "rounds": args.rounds,
         "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
         "phases": rows, "checks": checks, "speedup": speedup, "speedups": speedups, "target": TARGET,
+        "speedup_by_task_batches": float(np.median(ratio[BY_TASK])), "speedups_by_task_batches": ratio[BY_TASK],
         "meets_target": speedup >= TARGET, "best_rps": best, "direct_sequential_rps": direct_rps,
         "mean_batch_size": mean_batch, "rss_mib": {"after_warmup": rss_before, "after_all_rounds": rss_after},
     }

@@ -1,7 +1,9 @@
 """unio.model.decoding.greedy_decode gives what transformers' generate gives: the same ids, scores
 and pictures for every kind of constraint (free text, label tries, boxes with scores, image codes
 sampled by GuidedSampler with and without classifier-free guidance), on the shipped model and
-on an untrained one (near-uniform logits: the hardest case for ties)."""
+on an untrained one (near-uniform logits: the hardest case for ties). Scores agree to float32
+rounding (1e-5): the lean loop takes each written id's log-softmax row by row as it goes, generate's
+path over the stacked steps afterwards, two reduction orders of the same sums."""
 import numpy as np
 import pytest
 import torch
@@ -29,11 +31,11 @@ def same(a, b):
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b)
     if hasattr(a, "score") and isinstance(a, str):
-        return str(a) == str(b) and a.score == pytest.approx(b.score, abs=1e-6)
+        return str(a) == str(b) and a.score == pytest.approx(b.score, abs=1e-5)
     if hasattr(a, "to_dict"):
         da, db = a.to_dict(), b.to_dict()
         return da.keys() == db.keys() and all(
-            da[k] == pytest.approx(db[k], abs=1e-6) if k == "score" else da[k] == db[k] for k in da)
+            da[k] == pytest.approx(db[k], abs=1e-5) if k == "score" else da[k] == db[k] for k in da)
     return a == b
 
 

@@ -232,6 +232,41 @@ def test_concurrent_requests_share_batches_without_mix_ups(demo, images):
     assert max(sizes) > 1 and sum(sizes) == 16, sizes
 
 
+@pytest.mark.parametrize("mix", [True, False])
+def test_requests_of_several_tasks_share_a_model_call(demo, images, mix):
+    """Captions, questions, detections, groundings and depth maps fired at once: with mix_tasks one
+    model call answers them all (run_many), each answer its own; without, calls of one task each."""
+    pils = [s["image"] for s in images[:3]]
+    asks = [("caption", {}), ("vqa", {"question": "how many circles are there?"}), ("detect", {}),
+            ("ground", {"expression": "the red circle"}), ("depth", {})]
+    jobs = [(t, im, kw) for t, kw in asks for im in pils]
+    app = create_app(demo, max_batch=16, max_wait_ms=500, mix_tasks=mix)
+
+    async def body(c):
+        return await asyncio.gather(*[c.post(f"/v1/{t}", json={"image": b64(png(im)), **kw}) for t, im, kw in jobs])
+
+    answers = serve(app, body)
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    for (t, im, kw), r in zip(jobs, answers):
+        want = demo.run(t, im, **kw)
+        got = r.json()
+        if t in ("caption", "vqa"):
+            assert got["text"] == want
+        elif t == "ground":
+            assert got["box"] == [float(v) for v in want.to_list()]
+        elif t == "detect":
+            assert got["labels"] == [d.label for d in want]
+            assert np.allclose(got["scores"], [d.score for d in want], atol=1e-5)
+        else:
+            depth = np.load(io.BytesIO(base64.b64decode(got["depth_npy"])))
+            assert np.abs(depth - want).max() < 1e-4
+    sizes = sorted(app.state.batcher.batch_sizes)
+    assert sizes == ([15] if mix else [3, 3, 3, 3, 3]), sizes
+    metrics = app.state.metrics.render()
+    assert 'unio_batch_size_count{task="depth"} 1' in metrics
+    assert f'unio_batch_size_sum{{task="depth"}} {15 if mix else 3}' in metrics
+
+
 def test_one_failing_request_does_not_fail_its_batch(micro, images):
     gated = Gated(micro, fail_on="boom")
     gated.gate.set()

@@ -38,7 +38,7 @@ from transformers.utils import logging as hf_logging
 from . import __version__
 from .errors import CheckpointError, InputError, UnioError, VocabMismatchError
 from .resources import data_path, default_file_mode
-from .tasks import TaskContext
+from .tasks import TaskContext, get_task
 from .model import UnioConfig, UnioForConditionalGeneration, check_vocab
 from .model.lora import (ADAPTER_NAME, add_lora, adapter_state_dict, base_state_dict, load_adapter_state,
                          lora_settings, merge_lora, require_peft)
@@ -46,7 +46,8 @@ from .tokenizers.image import ImageTokenizer
 from .vocab import UnifiedVocab
 
 __all__ = ["save_export", "save_adapters", "read_meta", "export_kind", "load_export", "init_export", "swap_image_tokenizer",
-           "export_path", "list_models", "pick_device", "EXPORT_FILES", "ADAPTER_FILES", "META_NAME", "ADAPTERS"]
+           "export_path", "list_models", "pick_device", "EXPORT_FILES", "ADAPTER_FILES", "META_NAME", "ADAPTERS",
+           "task_defaults"]
 
 FORMAT = "unio-export"
 FORMAT_VERSION = 1
@@ -443,3 +444,19 @@ def pick_device(device, dtype):
 
 
 # ---------------------------------------------------------------------- results of generate()
+
+
+def task_defaults(meta: dict) -> dict[str, dict]:
+    """``unio.json``'s optional ``task_defaults`` ({task: {option: value}}: decoding defaults chosen
+    for this model, e.g. guidance 2.5 and temperature 0.6 for generate_image), checked."""
+    raw = meta.get("task_defaults") or {}
+    where = f"{meta.get('path', 'the export')}/{META_NAME}"
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise CheckpointError(f"task_defaults in {where} must map task names to {{option: value}}, "
+                              f"e.g. {{\"generate_image\": {{\"guidance\": 2.5}}}}; got {raw!r}")
+    for task, options in raw.items():
+        try:
+            get_task(task).check_options(options)
+        except UnioError as exc:
+            raise CheckpointError(f"task_defaults in {where}: {exc}") from None
+    return {task: dict(options) for task, options in raw.items()}

@@ -19,14 +19,15 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .data.collate import collate
-from .errors import CheckpointError, InputError, TaskError, UnioError
+from .errors import InputError, TaskError
 from . import export
-from .export import META_NAME, export_path, load_export
+from .export import export_path, load_export
 from .backends.ort import load_onnx_export
 from .images import letterbox, load_image
 from .model.decoding import greedy_decode
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
 from .tasks.constraints import AllowedIdsProcessor
+from .batching import lean, run_many, shares_decoding
 from .tasks.inputs import broadcast, count_items, is_batch, several_image_items
 from .tasks import classify, detect, ground, text
 from .tasks import retrieve as retrieval
@@ -52,7 +53,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-LEAN_OPTIONS = frozenset({"max_new_tokens", "do_sample", "num_beams"})  # what greedy_decode runs; else generate()
 CANDIDATE_ROWS = 256  # at most this many candidate rows (before guidance doubles them) per generate call
 
 
@@ -102,7 +102,7 @@ class Pipeline:
     def __init__(self, model, ctx: TaskContext, meta: dict | None = None, batch_size: int = 16):
         self.model, self.ctx, self.meta = model, ctx, dict(meta or {})
         self.batch_size = int(batch_size)
-        self.task_defaults = _task_defaults(self.meta)
+        self.task_defaults = export.task_defaults(self.meta)
         self.progress = False  # a bar over the decoding steps of each generate call (stderr, terminals only)
         self.lean = True       # greedy decoding through unio.model.decoding (False: transformers' generate)
 
@@ -139,6 +139,40 @@ class Pipeline:
         raises :class:`InputError` before the model runs. A task without an image input
         (generate_image) takes its text as the batch instead.
         """
+        t, examples, own, gen, batch = self._prepare(task, image, kwargs)
+        out = self.predict_examples(task, examples, batch_size=batch_size, gen=gen, **own)
+        return out if batch else out[0]
+
+    def run_many(self, requests: Sequence[dict], *, batch_size=None) -> list:
+        """Several :meth:`run` calls at once, of any tasks: each request is a dict ``{"task": name,
+        "image": ..., **inputs, **options}`` as ``run`` takes them, and gets what ``run`` returns
+        for it, in order.
+
+        Requests decoded greedily (no beams, sampling, candidates or guidance: every task's default
+        but generate_image's) share one encoder pass and one decoding loop whatever their tasks:
+        each row keeps its own task's constraints and its own ``max_new_tokens``, and leaves the
+        network's batch when it ends. The answers are those of separate ``run`` calls. The other
+        requests run one by one. A bad request raises before the model runs.
+        """
+        return run_many(self, requests, batch_size=batch_size)
+
+    def shares_decoding(self, task: str, options: dict) -> bool:
+        """Whether ``run_many`` decodes a request of ``task`` with these checked options together
+        with other tasks' requests (greedy, one candidate, no guidance)."""
+        return shares_decoding(self, task, options)
+
+    def resolve_options(self, task_name: str, options: dict, gen: dict | None = None):
+        """-> (task, its options checked and filled from the export's ``task_defaults``, checked
+        generate options), after the task's own checks against this model (``before_run``)."""
+        task = get_task(task_name)
+        gen = task.check_options(dict(gen or {}))
+        options = task.check_options({**self.task_defaults.get(task_name, {}),
+                                      **{k: v for k, v in options.items() if v is not None}})
+        task.before_run(self.ctx, options)
+        return task, options, gen
+
+    def _prepare(self, task: str, image, kwargs: dict):
+        """``run``'s arguments -> (task, built examples, the task's own options, generate options, batch?)."""
         t = get_task(task)
         known = {name for n in task_names() for name in get_task(n).inputs}  # any task's inputs
         inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in known or k in t.inputs}
@@ -184,8 +218,7 @@ class Pipeline:
         own, gen = t.split_options(options)
         examples = [t.build(row, self.ctx, None, **{k: columns[k][i] for k in columns}, **own)
                     for i, row in enumerate(rows)]
-        out = self.predict_examples(task, examples, batch_size=batch_size, gen=gen, **own)
-        return out if batch else out[0]
+        return t, examples, own, gen, batch
 
     def predict_examples(self, task_name: str, examples: Sequence[Example], *, batch_size=None, gen=None,
                          **options) -> list:
@@ -195,11 +228,7 @@ class Pipeline:
         ``labels`` ...), the export's ``task_defaults`` filling those left out; ``gen`` holds
         transformers ``generate`` options (``num_beams`` ...).
         """
-        task = get_task(task_name)
-        gen = task.check_options(dict(gen or {}))
-        options = task.check_options({**self.task_defaults.get(task_name, {}),
-                                      **{k: v for k, v in options.items() if v is not None}})
-        task.before_run(self.ctx, options)
+        task, options, gen = self.resolve_options(task_name, options, gen)
         k = task.candidates(options)
         bs = int(batch_size or self.batch_size)
         if k > 1:  # k samples of each example share one call: keep the call's rows bounded
@@ -378,8 +407,9 @@ class Pipeline:
         return out
 
     @torch.inference_mode()
-    def _generate(self, examples, processors, gen_kw: dict, want_scores: bool):
-        """-> per example: (generated ids up to eos, constrained log-probs, raw log-probs)."""
+    def _generate(self, examples, processors, gen_kw: dict, want_scores: bool, limits=None):
+        """-> per example: (generated ids up to eos, constrained log-probs, raw log-probs); ``limits``:
+        each row's own token budget (rows past it were ended by :class:`RowSegments`)."""
         vocab = self.ctx.vocab
         kw = dict(gen_kw)
         kw.setdefault("do_sample", False)
@@ -387,7 +417,7 @@ class Pipeline:
         if self.progress:
             processors = [*processors, _Progress(kw.get("max_new_tokens"), len(examples))]
         special = {"eos_token_id": vocab.eos_id, "pad_token_id": vocab.pad_id, "decoder_start_token_id": vocab.bos_id}
-        if self.lean and set(kw) <= LEAN_OPTIONS and not kw["do_sample"] and kw.get("num_beams", 1) == 1 and "max_new_tokens" in kw:
+        if lean(self, kw):
             out = greedy_decode(self.model, max_new_tokens=kw["max_new_tokens"], logits_processor=processors,
                                 want_scores=want_scores, **special, **self._collate(examples))
             beams = None
@@ -398,12 +428,16 @@ class Pipeline:
             beams = getattr(out, "beam_indices", None)
         seqs = out.sequences[:, 1:]  # drop the decoder start id
         lp = raw = None
-        if want_scores:
+        if want_scores and beams is None and getattr(out, "logprobs", None) is not None:  # the lean loop's
+            lp, raw = out.logprobs.float().cpu().tolist(), out.raw_logprobs.float().cpu().tolist()
+        elif want_scores:
             lp = self.model.compute_transition_scores(out.sequences, out.scores, beams, normalize_logits=True)
             raw = self.model.compute_transition_scores(out.sequences, out.logits, beams, normalize_logits=True)
             lp, raw = lp.float().cpu().tolist(), raw.float().cpu().tolist()
         results = []
         for r, row in enumerate(seqs.cpu().tolist()[: len(examples)]):
+            if limits is not None:
+                row = row[: limits[r]]
             n = row.index(vocab.eos_id) + 1 if vocab.eos_id in row else len(row)
             results.append((row[:n], lp[r][:n] if lp else None, raw[r][:n] if raw else None))
         return results
@@ -446,22 +480,6 @@ class _Progress(LogitsProcessor):
 
     def __del__(self):
         self.bar.close()
-
-
-def _task_defaults(meta: dict) -> dict[str, dict]:
-    """``unio.json``'s optional ``task_defaults`` ({task: {option: value}}: decoding defaults chosen
-    for this model, e.g. guidance 2.5 and temperature 0.6 for generate_image), checked."""
-    raw = meta.get("task_defaults") or {}
-    where = f"{meta.get('path', 'the export')}/{META_NAME}"
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise CheckpointError(f"task_defaults in {where} must map task names to {{option: value}}, "
-                              f"e.g. {{\"generate_image\": {{\"guidance\": 2.5}}}}; got {raw!r}")
-    for task, options in raw.items():
-        try:
-            get_task(task).check_options(options)
-        except UnioError as exc:
-            raise CheckpointError(f"task_defaults in {where}: {exc}") from None
-    return {task: dict(options) for task, options in raw.items()}
 
 
 def options_for(task: str, options: dict, several_tasks: bool = True) -> dict:

@@ -265,7 +265,7 @@ class OnnxModel:
                                   attention_mask=attention_mask, patch_mask=patch_mask, has_image=has_image)
         return decode(steps, max_new_tokens=max_new, logits_processor=processors, eos_token_id=eos_token_id,
                       pad_token_id=pad_token_id, decoder_start_token_id=decoder_start_token_id,
-                      want_scores=bool(output_scores or output_logits), do_sample=bool(gen.do_sample))
+                      want_scores=bool(output_scores or output_logits), keep_scores=True, do_sample=bool(gen.do_sample))
 
 
 class _Steps:

@@ -9,7 +9,10 @@ constrain the next id, e.g. :class:`~unio.tasks.constraints.GuidedSampler` for i
 :class:`StaticCache` allocated once for ``max_new_tokens``, applies the processors and takes the
 argmax, exactly as ``generate``'s greedy loop does: same modules, same order, same dtype, so the
 output ids are the same (tests/test_decoding.py compares them, with and without processors,
-guidance and scores). Beam search and transformers' own sampling stay with ``generate``.
+guidance and scores). Rows that have written their end token leave the network's batch (their
+cache rows are dropped), so a short answer stops costing anything while a long one in the same
+batch goes on: a batch mixing 5-token answers with 70-token picture codes runs its late steps on
+the long rows alone. Beam search and transformers' own sampling stay with ``generate``.
 The loop itself, :func:`decode`, runs over any object that gives next-token logits step by step
 (:class:`TorchSteps` for the network; the onnxruntime backend, :mod:`unio.backends.ort`, brings
 its own graphs' steps, greedy or sampled, through the same loop and processors).
@@ -41,6 +44,9 @@ class _Self:
             self.length = end
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        self.keys, self.values = self.keys[:, rows], self.values[:, rows]
+
 
 @dataclass
 class _Cross:
@@ -55,6 +61,11 @@ class _CrossAll:
     def update(self, k, v, layer: int):
         self.layers[layer].keys, self.layers[layer].values = k, v
         return k, v
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for c in self.layers:
+            if c.keys is not None:
+                c.keys, c.values = c.keys[rows], c.values[rows]
 
 
 class StaticCache:
@@ -71,16 +82,25 @@ class StaticCache:
     def get_seq_length(self) -> int:
         return self.self_attention_cache.length
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only ``rows`` (indices into the current batch) go on."""
+        self.self_attention_cache.keep(rows)
+        self.cross_attention_cache.keep(rows)
+
 
 @dataclass
 class Decoded:
     """``sequences`` (B, 1 + steps) starting with the decoder start id, finished rows padded; with
-    scores, per step the processed scores and the raw logits (float32, (B, V)), as ``generate``'s
-    ``scores`` and ``logits``."""
+    scores, each written id's log-probability (B, steps) under the processed scores and under the
+    raw logits (as ``compute_transition_scores(..., normalize_logits=True)`` gives them; 0 after a
+    row's end), and with ``keep_scores`` per step the processed scores and the raw logits
+    themselves (float32, (B, V)), as ``generate``'s ``scores`` and ``logits``."""
 
     sequences: torch.Tensor
     scores: tuple | None = None
     logits: tuple | None = None
+    logprobs: torch.Tensor | None = None
+    raw_logprobs: torch.Tensor | None = None
 
 
 class TorchSteps:
@@ -100,15 +120,22 @@ class TorchSteps:
             self.bias = self.weight.new_zeros(config.vocab_size)
             self.bias[config.used_vocab_size:] = float("-inf")
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only ``rows`` (indices into the current batch) go on: later calls take and give those rows."""
+        self.states = self.states[rows]
+        self.enc_mask = self.enc_mask[rows] if self.enc_mask is not None else None
+        self.cache.keep(rows)
+
     def __call__(self, last_ids: torch.Tensor) -> torch.Tensor:
-        """(B, 1) ids of the last step -> (B, V) float32 logits of the next one."""
+        """(b, 1) ids of the last step of the rows still going -> (b, V) float32 logits of the next one."""
         h, _ = self.model.decoder(last_ids, self.states, self.enc_mask, None, self.cache, False)
         return F.linear(h[:, -1], self.weight, self.bias).to(torch.float32)  # a copy, as generate takes it
 
 
 @torch.inference_mode()
 def greedy_decode(model, *, max_new_tokens: int, logits_processor=(), eos_token_id: int, pad_token_id: int,
-                  decoder_start_token_id: int, want_scores: bool = False, pixel_values=None, input_ids=None,
+                  decoder_start_token_id: int, want_scores: bool = False, keep_scores: bool = False,
+                  pixel_values=None, input_ids=None,
                   attention_mask=None, patch_mask=None, has_image=None) -> Decoded:
     """Greedy decoding of ``model`` (a :class:`~unio.model.UnioForConditionalGeneration`) for at most
     ``max_new_tokens``, stopping when every row has written ``eos_token_id``.
@@ -121,36 +148,64 @@ def greedy_decode(model, *, max_new_tokens: int, logits_processor=(), eos_token_
     steps = own(max_new_tokens, **inputs) if own is not None else TorchSteps(model, max_new_tokens, **inputs)
     return decode(steps, max_new_tokens=max_new_tokens, logits_processor=logits_processor,
                   eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                  decoder_start_token_id=decoder_start_token_id, want_scores=want_scores)
+                  decoder_start_token_id=decoder_start_token_id, want_scores=want_scores, keep_scores=keep_scores)
 
 
 @torch.inference_mode()
 def decode(steps, *, max_new_tokens: int, logits_processor=(), eos_token_id: int, pad_token_id: int,
-           decoder_start_token_id: int, want_scores: bool = False, do_sample: bool = False,
-           generator: torch.Generator | None = None) -> Decoded:
+           decoder_start_token_id: int, want_scores: bool = False, keep_scores: bool = False,
+           do_sample: bool = False, generator: torch.Generator | None = None) -> Decoded:
     """The decoding loop over ``steps`` (``steps.batch`` rows on ``steps.device``; ``steps(last_ids)``
     -> (B, V) float32 logits): the processors, then the argmax, or with ``do_sample`` a draw from
     the softmax of the processed scores (as ``generate``'s sampling does); finished rows get
-    ``pad_token_id``."""
+    ``pad_token_id``. With steps that can drop rows (a ``keep(rows)`` method), finished rows leave
+    the network's batch; the processors still see every row (a finished row's logits are zeros),
+    so per-row processors keep their rows."""
     B, device = steps.batch, steps.device
     sequences = torch.full((B, 1), decoder_start_token_id, dtype=torch.long, device=device)
     unfinished = torch.ones(B, dtype=torch.long, device=device)
-    scores, raw = [], []
+    scores, raw, lps, raw_lps = [], [], [], []
+    compact = hasattr(steps, "keep")
+    going = torch.arange(B, device=device)  # the rows in the network's batch, in order
     for _ in range(max_new_tokens):
-        logits = steps(sequences[:, -1:])
+        if len(going) < B:
+            part = steps(sequences[going, -1:])
+            logits = part.new_zeros(B, part.shape[-1])
+            logits[going] = part
+        else:
+            logits = steps(sequences[:, -1:])
         processed = logits
         for processor in logits_processor:
             processed = processor(sequences, processed)
-        if want_scores:
+        if want_scores and keep_scores:
             scores.append(processed)
             raw.append(logits)
         if do_sample:
             next_ids = torch.multinomial(torch.softmax(processed, dim=-1), 1, generator=generator)[:, 0]
         else:
             next_ids = processed.argmax(-1)
+        if want_scores:  # the written ids' log-probabilities, for the rows still going only
+            rows = unfinished.nonzero()[:, 0]
+            lps.append(_chosen_logprob(processed, next_ids, rows))
+            raw_lps.append(_chosen_logprob(logits, next_ids, rows))
         next_ids = next_ids * unfinished + pad_token_id * (1 - unfinished)
         sequences = torch.cat([sequences, next_ids[:, None]], dim=-1)
         unfinished = unfinished & (next_ids != eos_token_id).long()
         if unfinished.max() == 0:
             break
-    return Decoded(sequences, tuple(scores) if want_scores else None, tuple(raw) if want_scores else None)
+        if compact:
+            still = unfinished[going].bool()
+            if not bool(still.all()):
+                steps.keep(still.nonzero()[:, 0])
+                going = going[still]
+    keep = want_scores and keep_scores
+    return Decoded(sequences, tuple(scores) if keep else None, tuple(raw) if keep else None,
+                   torch.stack(lps, 1) if want_scores else None, torch.stack(raw_lps, 1) if want_scores else None)
+
+
+def _chosen_logprob(scores: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B,) log-softmax of ``scores`` at ``ids`` for ``rows``, 0 elsewhere."""
+    out = scores.new_zeros(scores.shape[0])
+    part = scores[rows]
+    out[rows] = torch.log_softmax(part, -1).gather(1, ids[rows, None])[:, 0]  # as compute_transition_scores
+    return out

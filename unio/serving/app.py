@@ -8,7 +8,8 @@
     GET  /health           liveness;  GET /ready: the model is loaded;  GET /metrics: Prometheus text
 
 Requests are checked on the event loop (a bad one never reaches the model), then queued for the
-:class:`~unio.serving.batcher.Batcher`, which runs one ``pipe.run`` per batch in its worker thread.
+:class:`~unio.serving.batcher.Batcher`, which runs one ``pipe.run`` per batch in its worker thread
+(``pipe.run_many`` for a batch mixing tasks: greedy requests of any task share a model call).
 Every error is a JSON ``{"error": message}`` with a 4xx status (5xx only for the server's own
 faults), never a traceback.
 """
@@ -27,7 +28,7 @@ import torch
 from .. import __version__
 from ..errors import UnioError
 from ..tasks import get_task
-from .batcher import Batcher, Job, QueueFull
+from .batcher import MIXED, Batcher, Job, QueueFull
 from .inputs import MAX_IMAGES, RequestError, jsonable, options_key, read_fields, record_of, served_task, status_of
 from .metrics import CONTENT_TYPE, Metrics
 from .page import add_page, is_page_path
@@ -59,6 +60,7 @@ class Limits:
     max_pixels: int = 4096 * 4096     # of the decoded image, else 413
     token: str | None = None          # bearer token every /v1 and /metrics request must carry
     threads: int | None = None        # torch CPU threads of the worker (None: torch's choice)
+    mix_tasks: bool = True            # greedy requests of different tasks and options share a model call
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue", "max_pixels"):
@@ -205,8 +207,9 @@ class _State:
         self.pipe, self.served = pipe, list(pipe.tasks)
 
     def run_batch(self, jobs: list[Job]) -> list:
-        """In the worker thread: one ``pipe.run`` for the batch; if it fails, each job alone, so
-        that one request's failure is its own."""
+        """In the worker thread: one ``pipe.run`` for a batch of one task and options, one
+        ``pipe.run_many`` for a mixed one; if it fails, each job alone, so that one request's
+        failure is its own."""
         try:
             return list(self._run(jobs))
         except Exception as exc:
@@ -221,6 +224,9 @@ class _State:
         return out
 
     def _run(self, jobs: list[Job]) -> list:
+        if any(j.key != jobs[0].key for j in jobs):
+            return self.pipe.run_many([{"task": j.task, "image": j.image, **j.inputs, **j.options} for j in jobs],
+                                      batch_size=len(jobs))
         task = get_task(jobs[0].task)
         images = [j.image for j in jobs] if task.needs_image else None
         inputs = {name: [j.inputs[name] for j in jobs] for name in task.inputs}
@@ -242,7 +248,9 @@ async def _predict(state: _State, name: str, request: Request) -> dict:
     fields, image, filename, from_json = await _fields(request, body)
     parsed = await asyncio.to_thread(read_fields, task, fields, image=image, filename=filename,
                                      max_pixels=lim.max_pixels, from_json=from_json)
-    job = Job(task.name, options_key(task, parsed.options), parsed.image, parsed.inputs, parsed.options)
+    key = options_key(task, parsed.options)
+    job = Job(task.name, key, parsed.image, parsed.inputs, parsed.options,
+              pool=MIXED if lim.mix_tasks and state.pipe.shares_decoding(task.name, parsed.options) else key)
     try:
         future = state.batcher.submit(job)
     except QueueFull as exc:

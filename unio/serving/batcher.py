@@ -1,10 +1,12 @@
-"""Dynamic batching: requests for the same task with the same options, arriving within a short
-window, share one model call, made in one worker thread so that the event loop stays free.
+"""Dynamic batching: requests arriving within a short window share one model call, made in one
+worker thread so that the event loop stays free. Requests batch with those of their ``pool``:
+their own task and options, or :data:`MIXED`, the pool of every greedy request whatever its
+task (the pipeline decodes such a batch together: :meth:`unio.pipeline.Pipeline.run_many`).
 
 A :class:`Job` waits in one first-in-first-out queue. The scheduler (a coroutine on the event
-loop) takes the oldest job's key (task + options), waits until that key has ``max_batch`` jobs or
-the oldest has waited ``max_wait`` seconds, and hands up to ``max_batch`` jobs of that key to the
-worker thread; while the model runs, new requests keep queueing, so a busy server makes larger
+loop) takes the oldest job's pool, waits until that pool has ``max_batch`` jobs or the oldest has
+waited ``max_wait`` seconds, and hands up to ``max_batch`` jobs of that pool to the worker
+thread; while the model runs, new requests keep queueing, so a busy server makes larger
 batches by itself. Each job's answer goes to its own future, by position: a caller that gives up
 (timeout, disconnect) cancels its future, which takes it out of the queue, or, when its batch is
 already running, only drops its answer; the others of the batch get theirs.
@@ -21,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Job", "Batcher", "QueueFull"]
+__all__ = ["Job", "Batcher", "QueueFull", "MIXED"]
+
+MIXED = "mixed"  # the pool of requests that can share a model call with any task's
 
 
 class QueueFull(Exception):
@@ -30,8 +34,9 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request waiting for the model: the task, its key (task + options: jobs batch only with
-    their own key), the decoded image (or None), the task's inputs and checked options."""
+    """One request waiting for the model: the task, its key (task + options), the decoded image
+    (or None), the task's inputs and checked options; jobs batch only within their ``pool``
+    (default: their key)."""
 
     task: str
     key: Any
@@ -40,13 +45,18 @@ class Job:
     options: dict
     arrived: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
+    pool: Any = None
+
+    def __post_init__(self):
+        if self.pool is None:
+            self.pool = self.key
 
 
 class Batcher:
     """Queue + scheduler + one worker thread. Use :meth:`submit` from the event loop."""
 
     def __init__(self, run_batch: Callable[[list[Job]], list], *, max_batch: int = 16, max_wait: float = 0.01,
-                 max_queue: int = 256, on_batch: Callable[[str, int, float], None] | None = None):
+                 max_queue: int = 256, on_batch: Callable[[list[str], int, float], None] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait >= 0")
         self.run_batch = run_batch
@@ -111,7 +121,7 @@ class Batcher:
     def _next_batch(self) -> list[Job] | float:
         """The jobs to run now, or how long to wait for more (seconds)."""
         first = self._queue[0]
-        same = [j for j in self._queue if j.key == first.key]
+        same = [j for j in self._queue if j.pool == first.pool]
         wait = first.arrived + self.max_wait - time.monotonic()
         if len(same) < self.max_batch and wait > 0:
             return wait
@@ -151,8 +161,8 @@ class Batcher:
             outcomes = [exc] * len(jobs)
         finally:
             self.running = 0
-        if self.on_batch is not None:
-            self.on_batch(jobs[0].task, len(jobs), time.monotonic() - t0)
+        if self.on_batch is not None:  # the tasks the call served, its size, its time
+            self.on_batch(list(dict.fromkeys(j.task for j in jobs)), len(jobs), time.monotonic() - t0)
         for job, out in zip(jobs, outcomes):
             if job.future.done():   # its caller gave up (timeout, disconnect): drop its answer only
                 continue

@@ -6,7 +6,7 @@ so that a scrape never reads a half-written histogram.
 
     unio_requests_total{task, status}          counter    requests answered, by task and HTTP status
     unio_request_latency_seconds{task}         histogram  arrival to answer, per task
-    unio_batch_size{task}                      histogram  requests per model call
+    unio_batch_size{task}                      histogram  requests per model call (a call mixing tasks: under each)
     unio_model_busy_seconds_total               counter    time the worker spent in model calls
     unio_queue_length                          gauge      requests waiting for the model
     unio_model_ready                           gauge      1 once the model is loaded
@@ -69,9 +69,12 @@ class Metrics:
             if seconds is not None:
                 self.latency.setdefault(task, _Histogram(LATENCY_BUCKETS)).observe(seconds)
 
-    def batch(self, task: str, size: int, seconds: float) -> None:
+    def batch(self, tasks, size: int, seconds: float) -> None:
+        """One model call of ``size`` requests, serving ``tasks`` (a name, or the names in a mixed
+        call: its size is observed under each)."""
         with self._lock:
-            self.batches.setdefault(task, _Histogram(BATCH_BUCKETS)).observe(size)
+            for task in [tasks] if isinstance(tasks, str) else tasks:
+                self.batches.setdefault(task, _Histogram(BATCH_BUCKETS)).observe(size)
             self.busy += seconds
 
     def render(self) -> str:

@@ -11,6 +11,8 @@ search and sampling of ``model.generate`` only ever produce well-formed outputs:
 - :class:`ImageCodesProcessor`: exactly ``n`` image codes, then eos (dense outputs, images).
 - :class:`GuidedSampler`: top-k / top-p sampling with optional classifier-free guidance
   (Ho & Salimans, 2022) over a doubled batch (conditional rows, then unconditional rows).
+- :class:`RowSegments`: rows of several tasks in one batch, each range of rows with its own
+  processors and its own length.
 
 The ``input_ids`` a processor sees are the decoder ids so far, starting with ``prefix_len``
 decoder-start ids (1 for unio's models).
@@ -25,7 +27,7 @@ from transformers import LogitsProcessor
 from ..vocab import UnifiedVocab
 
 __all__ = ["AllowedIdsProcessor", "TrieProcessor", "BoxesProcessor", "ImageCodesProcessor", "GuidedSampler",
-           "LabelTrie"]
+           "LabelTrie", "RowSegments"]
 
 NEG_INF = float("-inf")
 
@@ -286,3 +288,28 @@ class GuidedSampler(LogitsProcessor):
             choice = torch.cat([choice, choice], dim=0)
         out = torch.full_like(scores, NEG_INF)
         return out.scatter(-1, choice, 0.0)
+
+
+class RowSegments(LogitsProcessor):
+    """Several tasks' rows in one batch: each segment ``(start, stop, processors, limit)`` (a range
+    of rows) gets its own processors, on its own rows only, and ends after ``limit`` tokens: the
+    next id is forced to ``eos_id`` there, an end the caller cuts off again, so each row is what
+    a batch of its own task with ``max_new_tokens=limit`` decodes."""
+
+    def __init__(self, segments: Sequence[tuple], eos_id: int):
+        self.segments = [(int(a), int(b), list(procs), int(limit)) for a, b, procs, limit in segments]
+        self.eos = int(eos_id)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        written = input_ids.shape[1] - 1  # the decoder start id, then the ids written so far
+        out = scores.clone()
+        for a, b, processors, limit in self.segments:
+            if written >= limit:
+                out[a:b] = NEG_INF
+                out[a:b, self.eos] = 0.0
+                continue
+            part = scores[a:b]
+            for processor in processors:
+                part = processor(input_ids[a:b], part)
+            out[a:b] = part
+        return out
