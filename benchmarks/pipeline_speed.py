@@ -15,6 +15,12 @@ Ask many: the shipped ``shapes-demo`` model answers --questions questions about 
 share the decoding steps) against ``pipe.ask(image, q)`` per question; answers must be identical.
 Target: >= 3x. The encoder reads patches and prompt jointly (patches attend to the prompt), so its
 image states differ per question and are not reused; the gain is batching.
+
+Mixed tasks (``pipe.run_many``, shapes-demo): the five tasks caption, vqa, detect, ground and depth
+asked of one image, as one ``run_many`` against five ``pipe.run`` calls (for each of 8 images);
+and --mixed requests spread over those tasks and as many images, as one ``run_many`` against one
+batched ``pipe.run`` per task and against one call per request. Answers must be identical (depth
+maps within 1e-4).
 Each figure is the best of --repeats timed passes after a warm-up. Prints a table and writes JSON
 (default benchmarks/results/pipeline_speed.json).
 """
@@ -81,6 +87,67 @@ def ask_many(args) -> dict:
             "speedup": single / batched, "target": 3.0, "meets_target": single / batched >= 3.0}
 
 
+MIXED_TASKS = (("caption", {}), ("vqa", {"question": "how many circles are there?"}), ("detect", {}),
+               ("ground", {"expression": "the red circle"}), ("depth", {}))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if hasattr(a, "dtype") and hasattr(a, "shape"):
+        return a.shape == b.shape and float(abs(a - b).max()) < 1e-4
+    if hasattr(a, "to_dict"):  # boxes, detections: scores to float rounding, the rest exactly
+        da, db = a.to_dict(), b.to_dict()
+        return da.keys() == db.keys() and all(
+            abs(da[k] - db[k]) < 1e-4 if k == "score" else da[k] == db[k] for k in da)
+    if hasattr(a, "score") and isinstance(a, str):
+        return str(a) == str(b) and abs(a.score - b.score) < 1e-4
+    return a == b
+
+
+def mixed(args) -> list[dict]:
+    """Requests of five tasks: run_many against separate calls (and against per-task batches)."""
+    pipe = unio.load("shapes-demo", device=args.device)
+    world = ShapesWorld(image_size=64, seed=2)
+    images = [world[i]["image"] for i in range(max(8, args.mixed))]
+
+    def one(r):
+        return pipe.run(r["task"], r["image"], **{k: v for k, v in r.items() if k not in ("task", "image")})
+
+    def by_task(reqs):
+        out = [None] * len(reqs)
+        for task, kw in MIXED_TASKS:
+            idx = [i for i, r in enumerate(reqs) if r["task"] == task]
+            if idx:
+                got = pipe.run(task, [reqs[i]["image"] for i in idx], batch_size=len(idx),
+                               **{k: [v] * len(idx) for k, v in kw.items()})
+                for i, g in zip(idx, got):
+                    out[i] = g
+        return out
+
+    rows = []
+    per_image = [[{"task": t, "image": im, **kw} for t, kw in MIXED_TASKS] for im in images[:8]]
+    spread = [{"task": MIXED_TASKS[i % 5][0], "image": images[i], **MIXED_TASKS[i % 5][1]} for i in range(args.mixed)]
+    for reqs_list, name in ((per_image, "5 tasks on 1"), ([spread], f"{args.mixed} mixed")):
+        pipe.run_many(reqs_list[0])  # warm-up
+        want = [[one(r) for r in reqs] for reqs in reqs_list]
+        if not _same([pipe.run_many(reqs) for reqs in reqs_list], want):
+            raise SystemExit(f"mixed tasks ({name}): run_many's answers differ from separate calls")
+        single = best_time(lambda: [[one(r) for r in reqs] for reqs in reqs_list], args.repeats)
+        batched = best_time(lambda: [pipe.run_many(reqs) for reqs in reqs_list], args.repeats)
+        n = sum(len(reqs) for reqs in reqs_list)
+        row = {"task": name, "model": "shapes-demo", "images": len({id(r["image"]) for rs in reqs_list for r in rs}),
+               "requests": n, "single_ms_per_image": 1000 * single / n, "batched_ms_per_image": 1000 * batched / n,
+               "speedup": single / batched, "target": 1.0, "meets_target": single / batched >= 1.0}
+        if len(reqs_list) == 1:  # also one batch per task
+            if not _same(by_task(spread), want[0]):
+                raise SystemExit("mixed tasks: per-task batches' answers differ from separate calls")
+            per_task = best_time(lambda: by_task(spread), args.repeats)
+            row.update(per_task_ms_per_request=1000 * per_task / n, speedup_over_per_task=per_task / batched)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["caption", "detect"], choices=sorted(CALLS))
@@ -91,6 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--questions", type=int, default=10, help="questions per image for the ask-many row (0: skip)")
+    p.add_argument("--mixed", type=int, default=16, help="requests over five tasks for the mixed-tasks rows (0: skip)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_speed.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -104,6 +172,8 @@ def main(argv=None) -> int:
     rows = []
     if args.questions:
         rows.append(ask_many(args))
+    if args.mixed:
+        rows += mixed(args)
     for task in args.tasks:
         call = CALLS[task]
         call(pipe, images[:2], 2)  # warm-up
@@ -120,7 +190,12 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['task']:18s} {r['model']:16s} {r['single_ms_per_image']:14.1f} {r['batched_ms_per_image']:12.1f} "
               f"{r['speedup']:7.1f}x  >= {r['target']:g}x {'ok' if r['meets_target'] else 'MISSED'}")
-    print("(ms per image; for ask-many, per question)")
+    for r in rows:
+        if "per_task_ms_per_request" in r:
+            print(f"{r['task']}: one batched pipe.run per task {r['per_task_ms_per_request']:.1f} ms per request; "
+                  f"run_many {r['speedup_over_per_task']:.2f}x faster than that")
+    print("(ms per image; for ask-many, per question; for mixed tasks, per request; mixed rows have no issue "
+          "target: 1x = not slower)")
     result = {"benchmark": "pipeline_speed", "command": "python benchmarks/pipeline_speed.py " + " ".join(argv or sys.argv[1:]),
               "preset": args.preset, "params_m": sum(q.numel() for q in pipe.model.parameters()) / 1e6,
               "device": args.device, "threads": args.threads, "repeats": args.repeats, "rows": rows,

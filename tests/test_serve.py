@@ -234,8 +234,9 @@ def test_concurrent_requests_share_batches_without_mix_ups(demo, images):
 
 @pytest.mark.parametrize("mix", [True, False])
 def test_requests_of_several_tasks_share_a_model_call(demo, images, mix):
-    """Captions, questions, detections, groundings and depth maps fired at once: with mix_tasks one
-    model call answers them all (run_many), each answer its own; without, calls of one task each."""
+    """Captions, questions, detections, groundings and depth maps fired at once: with mix_tasks
+    (``unio serve --mix-tasks``) one model call answers them all (run_many), each answer its own;
+    by default, one call per task."""
     pils = [s["image"] for s in images[:3]]
     asks = [("caption", {}), ("vqa", {"question": "how many circles are there?"}), ("detect", {}),
             ("ground", {"expression": "the red circle"}), ("depth", {})]

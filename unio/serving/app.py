@@ -60,7 +60,7 @@ class Limits:
     max_pixels: int = 4096 * 4096     # of the decoded image, else 413
     token: str | None = None          # bearer token every /v1 and /metrics request must carry
     threads: int | None = None        # torch CPU threads of the worker (None: torch's choice)
-    mix_tasks: bool = True            # greedy requests of different tasks and options share a model call
+    mix_tasks: bool = False           # greedy requests of any tasks and options share a model call
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue", "max_pixels"):

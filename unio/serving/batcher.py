@@ -1,7 +1,8 @@
 """Dynamic batching: requests arriving within a short window share one model call, made in one
 worker thread so that the event loop stays free. Requests batch with those of their ``pool``:
-their own task and options, or :data:`MIXED`, the pool of every greedy request whatever its
-task (the pipeline decodes such a batch together: :meth:`unio.pipeline.Pipeline.run_many`).
+their own task and options, or (``unio serve --mix-tasks``) :data:`MIXED`, the pool of every
+greedy request whatever its task (the pipeline decodes such a batch together:
+:meth:`unio.pipeline.Pipeline.run_many`).
 
 A :class:`Job` waits in one first-in-first-out queue. The scheduler (a coroutine on the event
 loop) takes the oldest job's pool, waits until that pool has ``max_batch`` jobs or the oldest has
