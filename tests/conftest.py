@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import unio
 from unio.resources import data_path
 
 # A network small enough that every task runs in milliseconds; its answers are noise, its
@@ -78,3 +79,11 @@ def micro_tokenizers(tmp_path_factory) -> Path:
 def micro_fast_export(tmp_path_factory, micro_tokenizers) -> Path:
     """Untrained micro network with the small image tokenizer, for whole-benchmark runs (read-only)."""
     return write_micro_export(tmp_path_factory.mktemp("micro-fast") / "model", micro_tokenizers)
+
+
+@pytest.fixture(scope="module", params=["shapes-demo", "micro"])
+def demo_or_micro(request, micro_export):
+    """The shipped model, then the untrained micro one (near-uniform logits: long answers, ties), on
+    the CPU with one thread: for tests that compare two decoding paths."""
+    torch.set_num_threads(1)
+    return unio.load("shapes-demo" if request.param == "shapes-demo" else micro_export, device="cpu")

@@ -4,9 +4,7 @@ micro model (whose answers run to their token limits: the per-row limits are exe
 that have ended leave the network's batch; requests that cannot share decoding still run."""
 import numpy as np
 import pytest
-import torch
 
-import unio
 from unio.data.shapes import ShapesWorld
 from unio.errors import InputError
 from unio.model import decoding
@@ -27,10 +25,9 @@ REQUESTS = [  # (task, inputs and options): every greedy task of the shapes mode
 ]
 
 
-@pytest.fixture(scope="module", params=["shapes-demo", "micro"])
-def pipe(request, micro_export):
-    torch.set_num_threads(1)
-    return unio.load("shapes-demo" if request.param == "shapes-demo" else micro_export, device="cpu")
+@pytest.fixture(scope="module")
+def pipe(demo_or_micro):
+    return demo_or_micro
 
 
 @pytest.fixture(scope="module")

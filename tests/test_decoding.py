@@ -39,10 +39,9 @@ def same(a, b):
     return a == b
 
 
-@pytest.fixture(scope="module", params=["shapes-demo", "micro"])
-def pipe(request, micro_export):
-    torch.set_num_threads(1)
-    return unio.load("shapes-demo" if request.param == "shapes-demo" else micro_export, device="cpu")
+@pytest.fixture(scope="module")
+def pipe(demo_or_micro):
+    return demo_or_micro
 
 
 @pytest.fixture(scope="module")
