@@ -2,7 +2,7 @@
 # bash benchmarks/multi_image_eval.sh  (after: unio export runs/shapes-multi-image runs/shapes-multi-image-export)
 # Report-seed evaluation (seed 61: never used for any choice) of the multi-image study
 # (recipes/shapes-multi-image.yaml) beside the shapes-family fine-tune (recipes/shapes-family.yaml)
-# on the same clips and pairs; one thread each, the two models one after the other.
+# on the same clips and pairs, one model after the other (MODELS="..." to evaluate others).
 set -x
 cd "$(dirname "$0")/.."
 O=runs/multi-image-eval
