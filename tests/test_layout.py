@@ -17,7 +17,7 @@ LAYERS = [
     ("unio.model",),
     ("unio.tasks",),
     ("unio.export", "unio.interop", "unio.backends"),
-    ("unio.pipeline",),
+    ("unio.pipeline", "unio.batching"),
     ("unio.evaluate",),
     ("unio.serving",),
     ("unio.recipe", "unio.training"),
