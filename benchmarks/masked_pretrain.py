@@ -35,8 +35,6 @@ Prints a table and writes JSON (default benchmarks/results/masked_pretrain.json)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import platform
 import shutil
@@ -47,13 +45,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from unio.data.shapes import ShapesWorld
 from unio.evaluate import evaluate, write_json
 from unio.pipeline import load
-from unio.metrics import interval95, mean_interval95
+from unio.metrics import coco_matched, coco_resampled_aps, interval95, mean_interval95
 from unio.recipe import load_recipe
 from unio.tasks.classify import Classify
 from unio.tasks.detect import Detect, truth
@@ -119,47 +115,10 @@ def scores(model: Path, args) -> tuple[dict, dict]:
     return figures, details
 
 
-def matched(predictions, ground_truths, categories: list[str]) -> COCOeval:
-    """pycocotools' per-image matching of one arm's detections (done once; resamples re-accumulate)."""
-    cat = {name: k + 1 for k, name in enumerate(categories)}
-    images, gts, dts = [], [], []
-    for i, (preds, objs) in enumerate(zip(predictions, ground_truths), start=1):
-        images.append({"id": i})
-        for o in objs:
-            x1, y1, x2, y2 = (float(v) for v in o["box"])
-            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": cat[str(o["label"])], "iscrowd": 0,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
-        for d in preds:
-            if d.label in cat:
-                x1, y1, x2, y2 = (float(v) for v in d.box)
-                dts.append({"id": len(dts) + 1, "image_id": i, "category_id": cat[d.label], "score": float(d.score),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    cats = [{"id": k, "name": n} for n, k in cat.items()]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt, coco_dt = COCO(), COCO()
-        coco_gt.dataset = {"images": images, "annotations": gts, "categories": cats}
-        coco_dt.dataset = {"images": images, "annotations": dts, "categories": cats}
-        coco_gt.createIndex()
-        coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = ev.params.areaRng[:1], ["all"], [100]
-        ev.evaluate()
-    ev.per_image = list(ev.evalImgs)  # per category, per image: what every resample picks from
-    return ev
-
-
-def ap50(ev: COCOeval, idx) -> float:
-    """COCO AP at IoU .5 (all areas, 100 detections) of the images ``idx`` (a resample, with repeats)."""
-    n, n_cat = len(ev.per_image) // len(ev.params.catIds), len(ev.params.catIds)
-    if len(idx) != n:
-        raise ValueError(f"a resample keeps the number of images ({n}), got {len(idx)}")
-    ev.evalImgs = [ev.per_image[k * n + i] for k in range(n_cat) for i in idx]
-    ev.params.imgIds = ev._paramsEval.imgIds = list(range(n))  # the resampled images as new ids
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.accumulate()
-    p = ev.eval["precision"][np.isclose(ev.params.iouThrs, 0.5)][:, :, :, 0, -1]
-    p = p[p > -1]
-    return float(p.mean()) if p.size else float("nan")
+def ap50(ev, idx) -> float:
+    """COCO AP at IoU .5 (all areas, 100 detections) of the images ``idx`` (a resample, with repeats) of
+    a matched COCOeval (unio.metrics.coco_matched: matching once per arm, resamples re-accumulate)."""
+    return coco_resampled_aps(ev, idx)[1]
 
 
 def paired(details_a: dict, details_b: dict, resamples: int, seed: int) -> dict:
@@ -179,7 +138,7 @@ def paired(details_a: dict, details_b: dict, resamples: int, seed: int) -> dict:
     pred_b = details_b[Detect.name][2]
     gts = [truth(e) for e in ex]
     categories = sorted({str(o["label"]) for objs in gts for o in objs})
-    ev_a, ev_b = matched(pred_a, gts, categories), matched(pred_b, gts, categories)
+    ev_a, ev_b = coco_matched(pred_a, gts, categories), coco_matched(pred_b, gts, categories)
     everything = np.arange(len(gts))
     draws = []
     for _ in range(resamples):

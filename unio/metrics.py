@@ -24,8 +24,8 @@ from .errors import InputError
 
 __all__ = [
     "caption_tokens", "bleu", "bleu4", "cider", "cider_scores", "text_recall", "normalize_answer", "exact_match",
-    "accuracy", "vqa_accuracy", "box_iou", "grounding_acc", "coco_detection_map", "mask_iou", "miou", "depth_metrics",
-    "psnr", "interval95", "mean_interval95", "retrieval_ranks", "retrieval_recall",
+    "accuracy", "vqa_accuracy", "box_iou", "grounding_acc", "coco_detection_map", "coco_matched",
+    "coco_resampled_aps", "mask_iou", "miou", "depth_metrics", "psnr", "interval95", "mean_interval95", "retrieval_ranks", "retrieval_recall",
 ]
 
 
@@ -305,12 +305,26 @@ def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[
     ``label`` and ``score``, or ``Detection``-like objects / (box, label, score) tuples;
     ``ground_truths[i]`` its objects (dicts with ``box`` and ``label``, the sample schema).
     Labels are names from ``categories`` (default: every ground-truth label); predicted labels
-    outside them are dropped. Values are nan where no ground-truth box exists at all.
-
-    ``resamples`` > 0 also gives ``map_ci95``, ``map50_ci95``, ``map75_ci95``: 95% percentile
-    bootstrap intervals over images. The per-image matching is done once; each resample of the
-    images (with replacement, seeded by ``seed``) only re-accumulates the precision curves.
+    outside them are dropped. Values are nan where no ground-truth box exists at all. ``resamples``
+    > 0 adds ``map_ci95``, ``map50_ci95``, ``map75_ci95``: 95% percentile bootstrap intervals over
+    images (seeded by ``seed``; matched once, each resample only re-accumulated).
     """
+    ev, names = coco_matched(predictions, ground_truths, categories), ("map", "map50", "map75")
+    if ev is None:
+        return dict.fromkeys(names, float("nan"))
+    n = ev.per_image_shape[2]
+    out: dict = dict(zip(names, coco_resampled_aps(ev, np.arange(n))))  # every image once: COCOeval's own figures
+    if resamples:
+        rng = np.random.default_rng(seed)
+        draws = np.asarray([coco_resampled_aps(ev, rng.integers(0, n, n)) for _ in range(int(resamples))])
+        out.update({f"{k}_ci95": interval95(draws[:, j]) for j, k in enumerate(names)})
+    return out
+
+
+def coco_matched(predictions: Sequence[Sequence], ground_truths: Sequence[Sequence],
+                 categories: Sequence[str] | None = None):
+    """pycocotools' COCOeval of :func:`coco_detection_map`'s inputs with the per-image matching done;
+    None where no ground-truth box exists at all. :func:`coco_resampled_aps` reads it."""
     if len(predictions) != len(ground_truths):
         raise InputError(f"{len(predictions)} prediction lists but {len(ground_truths)} ground-truth lists; "
                          "give one list per image (empty for an image without detections)")
@@ -338,9 +352,8 @@ def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[
                 dts.append({"id": len(dts) + 1, "image_id": img_id, "category_id": cat_ids[label],
                             "score": float(score), "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                             "iscrowd": 0})
-    nan = float("nan")
     if not gts:
-        return {"map": nan, "map50": nan, "map75": nan}
+        return None
     cats = [{"id": i, "name": n} for n, i in cat_ids.items()]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt, coco_dt = COCO(), COCO()
@@ -350,16 +363,24 @@ def coco_detection_map(predictions: Sequence[Sequence], ground_truths: Sequence[
         coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         ev.evaluate()
+    ev.per_image = list(ev.evalImgs)  # (category, area, image) order: what every resample picks from
+    params = ev._paramsEval
+    ev.per_image_shape = (len(params.catIds), len(params.areaRng), len(params.imgIds))
+    return ev
+
+
+def coco_resampled_aps(ev, idx) -> tuple[float, float, float]:
+    """(AP, AP50, AP75) of a :func:`coco_matched` COCOeval over the images ``idx`` (repeats allowed: a
+    bootstrap resample; all areas, the largest detection budget), re-accumulated, never re-matched."""
+    n_cat, n_area, n_img = ev.per_image_shape
+    if len(idx) != n_img:
+        raise InputError(f"a resample keeps the number of images ({n_img}), got {len(idx)}")
+    for p in (ev.params, ev._paramsEval):  # only what the three figures read: all areas, the largest budget
+        p.areaRng, p.areaRngLbl, p.maxDets = p.areaRng[:1], p.areaRngLbl[:1], p.maxDets[-1:]
+    ev.evalImgs = [ev.per_image[k * n_area * n_img + i] for k in range(n_cat) for i in idx]
+    ev.params.imgIds = ev._paramsEval.imgIds = list(range(n_img))  # resampled images as new ids
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
-        ev.summarize()
-    out: dict = {k: max(float(v), 0.0) for k, v in zip(("map", "map50", "map75"), ev.stats[:3])}
-    if resamples:
-        out.update(_coco_intervals(ev, int(resamples), np.random.default_rng(seed)))
-    return out
-
-
-def _coco_aps(ev) -> tuple[float, float, float]:
-    """(AP, AP50, AP75) from an accumulated COCOeval: all areas, the largest detection budget."""
     precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou thresholds, recalls, categories)
     out = []
     for rows in (slice(None), np.isclose(ev.params.iouThrs, 0.5), np.isclose(ev.params.iouThrs, 0.75)):
@@ -367,24 +388,6 @@ def _coco_aps(ev) -> tuple[float, float, float]:
         p = p[p > -1]
         out.append(max(float(p.mean()), 0.0) if p.size else 0.0)
     return tuple(out)
-
-
-def _coco_intervals(ev, resamples: int, rng) -> dict:
-    base, params = ev.evalImgs, ev._paramsEval
-    n_img, n_area, n_cat = len(params.imgIds), len(params.areaRng), len(params.catIds)
-    # Only what the three figures read: all areas (the first range), the largest detection budget.
-    for p in (ev.params, ev._paramsEval):
-        p.areaRng, p.areaRngLbl, p.maxDets = p.areaRng[:1], p.areaRngLbl[:1], p.maxDets[-1:]
-    draws = []
-    with contextlib.redirect_stdout(io.StringIO()):
-        for _ in range(resamples):
-            idx = rng.integers(0, n_img, n_img)
-            ev.evalImgs = [base[k * n_area * n_img + i] for k in range(n_cat) for i in idx]
-            ev.params.imgIds = ev._paramsEval.imgIds = list(range(n_img))  # resampled images as new ids
-            ev.accumulate()
-            draws.append(_coco_aps(ev))
-    draws = np.asarray(draws)
-    return {f"{k}_ci95": interval95(draws[:, j]) for j, k in enumerate(("map", "map50", "map75"))}
 
 
 # ---------------------------------------------------------------------- dense outputs

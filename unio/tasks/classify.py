@@ -206,6 +206,27 @@ class ClosedAnswer(Task):
             raise DataError(f"a {name} of the sample is {text!r}; it must be non-empty text")
         return text.strip(), self.answer_of(answer, text)
 
+    def build(self, sample, ctx, rng=None, **inputs) -> Example:
+        """Its picture (or pictures: ``num_images``), the text asked about in the prompt's ``{text}``,
+        the answer as the target; the text and the answer in ``meta`` under its input's name and
+        ``label``."""
+        if self.num_images == 1:
+            images, info = self._image(sample, ctx)
+        else:
+            images, infos = self._images(sample, ctx)
+            info = infos[0]
+        text, label = self.asked(sample, rng, inputs)
+        prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"), text=text)
+        target = self._text_target(ctx, label) if label else []
+        return self._example(ctx, prompt, ids, images, info, target, **{self.inputs[0]: text}, label=label)
+
+    def said(self, result, example=None, inputs=None) -> str:
+        """A panel's caption: the text asked about and the answer (and the truth, under evaluation)."""
+        name = self.inputs[0]
+        text = (example.meta.get(name) if example is not None else None) or (inputs or {}).get(name) or ""
+        said = f"{short(text, 80)}: {result}"
+        return f"{self.name}: {said} (truth: {example.meta.get('label')})" if example is not None else said
+
     def logits_processors(self, ctx, example=None, **overrides) -> list:
         return [TrieProcessor(ctx.vocab, label_trie(ctx, list(self.answers)))]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from .. import viz
 from ..data.language import HYPOTHESIS_LABELS
 from ..errors import DataError
-from .base import Example, short
 from .classify import ClosedAnswer
 from .registry import register
 
@@ -53,20 +52,5 @@ class Entail(ClosedAnswer):
     def answer_of(self, value, text: str) -> str:
         return hypothesis_label(value, text)
 
-    def build(self, sample, ctx, rng=None, **inputs) -> Example:
-        image, info = self._image(sample, ctx)
-        hypothesis, label = self.asked(sample, rng, inputs)
-        prompt, ids = self._prompt(ctx, rng, (info.width, info.height), template=inputs.get("prompt"),
-                                   text=hypothesis)
-        target = self._text_target(ctx, label) if label else []
-        return self._example(ctx, prompt, ids, image, info, target, hypothesis=hypothesis, label=label)
-
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
-        if image is None:
-            return []
-        hypothesis = (example.meta.get("hypothesis") if example is not None else None) or \
-            (inputs or {}).get("hypothesis") or ""
-        said = f"{short(hypothesis, 80)}: {result}"
-        if example is not None:
-            said = f"{self.name}: {said} (truth: {example.meta.get('label')})"
-        return [(viz.enlarge(image, scale), said)]
+        return [(viz.enlarge(image, scale), self.said(result, example, inputs))] if image is not None else []

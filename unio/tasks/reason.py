@@ -11,7 +11,7 @@ from PIL import Image
 
 from .. import viz
 from ..errors import DataError
-from .base import Example, short
+from .base import Example
 from .classify import ClosedAnswer
 from .registry import register
 
@@ -69,21 +69,6 @@ class Reason(ClosedAnswer):
     def answer_of(self, value, text: str) -> str:
         return truth_label(value, text)
 
-    def build(self, sample, ctx, rng=None, **inputs) -> Example:
-        images, infos = self._images(sample, ctx)
-        statement, label = self.asked(sample, rng, inputs)
-        prompt, ids = self._prompt(ctx, rng, (infos[0].width, infos[0].height), template=inputs.get("prompt"),
-                                   text=statement)
-        target = self._text_target(ctx, label) if label else []
-        return self._example(ctx, prompt, ids, images, infos[0], target, statement=statement, label=label)
-
     def panels(self, image, result, example=None, scale=1.0, judge=None, inputs=None, threshold=None) -> list:
         images = item_images(image, example)
-        if not images:
-            return []
-        statement = (example.meta.get("statement") if example is not None else None) or \
-            (inputs or {}).get("statement") or ""
-        said = f"{short(statement, 80)}: {result}"
-        if example is not None:
-            said = f"{self.name}: {said} (truth: {example.meta.get('label')})"
-        return [(side_by_side(images, scale), said)]
+        return [(side_by_side(images, scale), self.said(result, example, inputs))] if images else []
