@@ -209,14 +209,15 @@ def test_tasks_health_ready_and_a_model_loaded_in_the_background(micro):
 
 
 # ---------------------------------------------------------------------- batching
-def test_concurrent_requests_share_batches_without_mix_ups(demo, images):
+@pytest.mark.parametrize("batching", ["step", "call"])
+def test_concurrent_requests_share_batches_without_mix_ups(demo, images, batching):
     """8 captions and 8 groundings fired at once: batches of more than one, each answer its own."""
     pils = [s["image"] for s in images]
     expressions = [s["refexps"][0][0] if s["refexps"] else "the red circle" for s in images]
     want_captions = [demo.caption(im) for im in pils]
     want_boxes = [demo.ground(im, e).to_list() for im, e in zip(pils, expressions)]
     assert len(set(want_captions)) > 4        # different answers, so a mix-up would show
-    app = create_app(demo, max_batch=8, max_wait_ms=300)
+    app = create_app(demo, max_batch=8, max_wait_ms=300, batching=batching)
 
     async def body(c):
         calls = [c.post("/v1/caption", files={"image": (f"{i}.png", png(im))}) for i, im in enumerate(pils)]
@@ -229,19 +230,29 @@ def test_concurrent_requests_share_batches_without_mix_ups(demo, images):
     assert [r.json()["box"] for r in answers[8:]] == want_boxes
     assert [r.json()["expression"] for r in answers[8:]] == expressions
     sizes = list(app.state.batcher.batch_sizes)
-    assert max(sizes) > 1 and sum(sizes) == 16, sizes
+    if batching == "call":  # requests per model call
+        assert max(sizes) > 1 and sum(sizes) == 16, sizes
+    else:                   # rows per decoding step: never more than max_batch
+        assert 1 < max(sizes) <= 8, sizes
 
 
-@pytest.mark.parametrize("mix", [True, False])
-def test_requests_of_several_tasks_share_a_model_call(demo, images, mix):
-    """Captions, questions, detections, groundings and depth maps fired at once: with mix_tasks
-    (``unio serve --mix-tasks``) one model call answers them all (run_many), each answer its own;
-    by default, one call per task."""
+@pytest.mark.parametrize("mode", ["step", "mixed", "per-task"])
+def test_requests_of_several_tasks_share_a_model_call(demo, images, mode):
+    """Captions, questions, detections, groundings and depth maps fired at once, each answer its
+    own: by default (step batching) they decode together, joining at the next step; with
+    ``batching="call"`` and mix_tasks (``unio serve --batching call --mix-tasks``) one model call
+    answers them all (run_many); without mix_tasks, one call per task."""
+    mix = mode == "mixed"
     pils = [s["image"] for s in images[:3]]
     asks = [("caption", {}), ("vqa", {"question": "how many circles are there?"}), ("detect", {}),
             ("ground", {"expression": "the red circle"}), ("depth", {})]
     jobs = [(t, im, kw) for t, kw in asks for im in pils]
-    app = create_app(demo, max_batch=16, max_wait_ms=500, mix_tasks=mix)
+    steps = []
+    app = create_app(demo, max_batch=16, max_wait_ms=500, mix_tasks=mix,
+                     batching="step" if mode == "step" else "call")
+    if mode == "step":
+        record = app.state.batcher.on_batch
+        app.state.batcher.on_batch = lambda tasks, rows, t: steps.append(set(tasks)) or record(tasks, rows, t)
 
     async def body(c):
         return await asyncio.gather(*[c.post(f"/v1/{t}", json={"image": b64(png(im)), **kw}) for t, im, kw in jobs])
@@ -262,6 +273,10 @@ def test_requests_of_several_tasks_share_a_model_call(demo, images, mix):
             depth = np.load(io.BytesIO(base64.b64decode(got["depth_npy"])))
             assert np.abs(depth - want).max() < 1e-4
     sizes = sorted(app.state.batcher.batch_sizes)
+    if mode == "step":  # several tasks' rows in one decoding step; the depth maps' late steps alone
+        assert max(len(t) for t in steps) >= 3 and max(sizes) > 5, (steps, sizes)
+        assert "depth" in steps[-1] and 'unio_batch_size_count{task="caption"}' in app.state.metrics.render()
+        return
     assert sizes == ([15] if mix else [3, 3, 3, 3, 3]), sizes
     metrics = app.state.metrics.render()
     assert 'unio_batch_size_count{task="depth"} 1' in metrics
@@ -271,7 +286,7 @@ def test_requests_of_several_tasks_share_a_model_call(demo, images, mix):
 def test_one_failing_request_does_not_fail_its_batch(micro, images):
     gated = Gated(micro, fail_on="boom")
     gated.gate.set()
-    app = create_app(gated, max_batch=4, max_wait_ms=300)
+    app = create_app(gated, max_batch=4, max_wait_ms=300, batching="call")
     questions = ["what color is it?", "boom", "how many?", "is there a star?"]
 
     async def body(c):
@@ -289,7 +304,7 @@ def test_one_failing_request_does_not_fail_its_batch(micro, images):
 
 def test_a_client_that_disconnects_does_not_break_its_batch(micro, images):
     gated = Gated(micro)
-    app = create_app(gated, max_batch=4, max_wait_ms=1000)
+    app = create_app(gated, max_batch=4, max_wait_ms=1000, batching="call")
     pils = [s["image"] for s in images[:4]]
 
     async def body(c):
@@ -317,7 +332,7 @@ def test_a_client_that_disconnects_does_not_break_its_batch(micro, images):
 # ---------------------------------------------------------------------- limits
 def test_a_full_queue_answers_429_and_a_slow_model_504(micro, images):
     gated = Gated(micro)
-    app = create_app(gated, max_batch=1, max_wait_ms=0, max_queue=2)
+    app = create_app(gated, max_batch=1, max_wait_ms=0, max_queue=2, batching="call")
     data = png(images[0]["image"])
 
     async def body(c):
@@ -336,7 +351,7 @@ def test_a_full_queue_answers_429_and_a_slow_model_504(micro, images):
     assert first.status_code == 200 and all(r.status_code == 200 for r in queued)
 
     slow = Gated(micro)
-    app = create_app(slow, timeout=0.2)
+    app = create_app(slow, timeout=0.2, batching="call")
 
     async def late(c):
         answer = await c.post("/v1/caption", files={"image": ("a.png", data)})
@@ -435,7 +450,7 @@ def test_metrics_count_requests_batches_and_latency(micro, images):
         await c.post("/v1/nope", json={})
         return await c.get("/metrics")
 
-    r = serve(create_app(micro, max_wait_ms=200), body)
+    r = serve(create_app(micro, max_wait_ms=200, batching="call"), body)
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.text
     for line in ('unio_requests_total{task="caption",status="200"} 3', 'unio_requests_total{task="caption",status="422"} 1',

@@ -7,17 +7,26 @@ and their own ``max_new_tokens`` (:class:`~unio.tasks.constraints.RowSegments`),
 once for all of them, and a row leaves the network's batch when it has written its end token
 (:func:`unio.model.decoding.decode`), so five-token answers do not wait on seventy-token picture
 codes. Each answer is the one a batch of its own task would give.
+
+:class:`Stream` goes one step further for a server (iteration-level batching, Orca: Yu et al.,
+OSDI 2022): requests join the decoding batch between any two steps, their encoder run once on
+joining, and each leaves with its answer as soon as its own rows end, so a request that arrives
+while others decode starts at the next step instead of waiting for the batch to drain.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import torch
+
 from .errors import InputError, UnioError
+from .model.decoding import LiveBatch
 from .tasks import get_task
 from .tasks.constraints import RowSegments
 
-__all__ = ["run_many", "shares_decoding", "lean", "LEAN_OPTIONS"]
+__all__ = ["run_many", "shares_decoding", "lean", "LEAN_OPTIONS", "Stream"]
 
 LEAN_OPTIONS = frozenset({"max_new_tokens", "do_sample", "num_beams"})  # what greedy_decode runs; else generate()
 
@@ -40,6 +49,14 @@ class _Plan:
     batch: bool
     shared: bool      # greedy through the lean loop: its rows can share a batch with other tasks' rows
     limit: int        # max_new_tokens
+
+    def answer(self, pipe, outs):
+        """The request's result from each example's (ids, log-probs, raw log-probs)."""
+        parsed = [self.task.parse(ids, pipe.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
+                                  image=ex.image, refine=self.options.get("refine", True))
+                  for ex, (ids, lp, raw) in zip(self.examples, outs)]
+        out = self.task.finish(parsed, self.options)
+        return out if self.batch else out[0]
 
 
 def run_many(pipe, requests: Sequence[dict], *, batch_size=None) -> list:
@@ -82,17 +99,8 @@ def run_many(pipe, requests: Sequence[dict], *, batch_size=None) -> list:
                                     gen=group[0].gen, **group[0].own)
         for p in group:
             outs[id(p)], out = out[:len(p.examples)], out[len(p.examples):]
-    results = []
-    for p in plans:
-        if not p.shared:
-            out = outs[id(p)]
-        else:
-            parsed = [p.task.parse(ids, pipe.ctx, ex.info, logprobs=lp, raw_logprobs=raw, meta=ex.meta,
-                                   image=ex.image, refine=p.options.get("refine", True))
-                      for ex, (ids, lp, raw) in zip(p.examples, outs[id(p)])]
-            out = p.task.finish(parsed, p.options)
-        results.append(out if p.batch else out[0])
-    return results
+    return [p.answer(pipe, outs[id(p)]) if p.shared else (outs[id(p)] if p.batch else outs[id(p)][0])
+            for p in plans]
 
 
 def _plan(pipe, name: str, examples, own: dict, gen: dict, batch: bool) -> _Plan:
@@ -119,3 +127,170 @@ def _shareable(pipe, task, options: dict, kw: dict) -> bool:
     """Greedy through the lean loop, one candidate per example, no guidance rows."""
     return lean(pipe, kw) and task.candidates(options) == 1 and not task.extra_rows(pipe.ctx, [None], options)
 
+
+
+@dataclass(eq=False)
+class _Live:
+    """A request in a :class:`Stream`: its plan, its processors and its rows' decoding so far."""
+
+    plan: _Plan
+    handle: Any
+    processors: list = field(default_factory=list)
+    sequences: torch.Tensor | None = None    # (b, 1 + steps), starting with the decoder start id
+    unfinished: torch.Tensor | None = None   # (b,) 1 while a row has not written its end token
+    going: torch.Tensor | None = None        # its rows still in the network's batch
+    lps: list = field(default_factory=list)
+    raws: list = field(default_factory=list)
+
+
+class Stream:
+    """Iteration-level batching over one pipeline (see the module's doc): :meth:`add` a request (a
+    dict as :meth:`run_many` takes; it must :meth:`~unio.pipeline.Pipeline.shares_decoding`),
+    then call :meth:`step` while :attr:`busy`: each call lets waiting requests join (up to
+    ``max_rows`` rows in the batch; one encoder call for all that join), decodes one token for
+    every row, and returns ``(handle, result)`` for each request that ended (its result, or the
+    exception its answer raised). Each answer is the one ``pipe.run`` gives the request alone (the
+    processors of a request see its own rows only, at its own step). Torch models only."""
+
+    def __init__(self, pipe, max_rows: int = 16):
+        if getattr(pipe.model, "decode_steps", None) is not None:
+            raise UnioError("a Stream decodes with the torch model; this pipeline runs another backend")
+        self.pipe, self.max_rows = pipe, max(1, int(max_rows))
+        self.waiting: deque[_Live] = deque()
+        self.live: list[_Live] = []
+        self.batch: LiveBatch | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.live)
+
+    @property
+    def rows(self) -> int:
+        """Rows now in the decoding batch."""
+        return self.batch.batch if self.batch is not None else 0
+
+    def add(self, request: dict, handle=None):
+        """Queue ``request``; returns ``handle`` (default: the request itself). Bad input raises here."""
+        r = dict(request)
+        name = r.pop("task")
+        _, examples, own, gen, batch = self.pipe._prepare(name, r.pop("image", None), r)
+        plan = _plan(self.pipe, name, examples, own, gen, batch)
+        if not plan.shared:
+            raise InputError(f"this {name} request does not decode greedily one row per example (beams, sampling, "
+                             "candidates or guidance); run it with pipe.run")
+        handle = request if handle is None else handle
+        self.waiting.append(_Live(plan, handle))
+        return handle
+
+    def drop(self, handle) -> None:
+        """Forget ``handle``'s request (its caller has gone): out of the queue or the batch."""
+        self.waiting = deque(r for r in self.waiting if r.handle is not handle)
+        if any(r.handle is handle for r in self.live):
+            self._keep([r for r in self.live if r.handle is not handle])
+
+    @torch.inference_mode()
+    def step(self) -> list:
+        """Join what fits, decode one token of every row, return the ``(handle, result)`` that ended."""
+        pipe, vocab = self.pipe, self.pipe.ctx.vocab
+        done = []
+        self._join(done)
+        if not self.live:
+            return done
+        last = torch.cat([r.sequences[r.going, -1:] for r in self.live])
+        logits = self.batch.step(last.to(pipe.device))
+        at, stay, rows = 0, [], []
+        for r in self.live:
+            n = len(r.going)
+            part, first, at = logits[at:at + n], at, at + n
+            if n < len(r.sequences):  # finished rows: zeros, as decode() gives them to the processors
+                full = part.new_zeros(len(r.sequences), part.shape[-1])
+                full[r.going] = part
+            else:
+                full = part
+            processed = full
+            for proc in r.processors:
+                processed = proc(r.sequences, processed)
+            ids = processed.argmax(-1)
+            if r.plan.task.needs_scores:
+                alive = r.unfinished.nonzero()[:, 0]
+                r.lps.append(_chosen(processed, ids, alive))
+                r.raws.append(_chosen(full, ids, alive))
+            ids = ids * r.unfinished + vocab.pad_id * (1 - r.unfinished)
+            r.sequences = torch.cat([r.sequences, ids[:, None]], dim=-1)
+            r.unfinished = r.unfinished & (ids != vocab.eos_id).long()
+            if not bool(r.unfinished.any()) or r.sequences.shape[1] > r.plan.limit:
+                done.append((r.handle, self._answer(r)))
+                continue
+            still = r.unfinished[r.going].bool()
+            rows.append(first + still.nonzero()[:, 0].cpu())
+            r.going = r.going[still]
+            stay.append(r)
+        self._keep(stay, rows)
+        return done
+
+    # -- internals
+    def _join(self, done: list) -> None:
+        room = self.max_rows - self.rows
+        joining = []
+        while self.waiting and (len(self.waiting[0].plan.examples) <= room or not (self.live or joining)):
+            r = self.waiting.popleft()
+            room -= len(r.plan.examples)
+            joining.append(r)
+        if not joining:
+            return
+        pipe, ctx = self.pipe, self.pipe.ctx
+        ok = []
+        for r in joining:  # a request whose processors cannot be built fails alone
+            try:
+                exs = r.plan.examples
+                r.processors = list(r.plan.task.logits_processors(ctx, exs[0], batch=exs, **r.plan.options))
+                ok.append(r)
+            except Exception as exc:
+                done.append((r.handle, exc))
+        if not ok:
+            return
+        enc = pipe.model.get_encoder()(**pipe._collate([ex for r in ok for ex in r.plan.examples]))
+        if self.batch is None:
+            self.batch = LiveBatch(pipe.model)
+        self.batch.join(enc.last_hidden_state, enc.attention_mask)
+        for r in ok:
+            b = len(r.plan.examples)
+            r.sequences = torch.full((b, 1), ctx.vocab.bos_id, dtype=torch.long, device=pipe.device)
+            r.unfinished = torch.ones(b, dtype=torch.long, device=pipe.device)
+            r.going = torch.arange(b, device=pipe.device)
+        self.live += ok
+
+    def _keep(self, stay: list, rows: list | None = None) -> None:
+        """Only the requests ``stay`` (in order) go on; ``rows``: their rows in the network's batch
+        (default: all the rows they hold there now)."""
+        if rows is None:
+            keep, rows, at = {id(r) for r in stay}, [], 0
+            for r in self.live:
+                if id(r) in keep:
+                    rows.append(torch.arange(at, at + len(r.going)))
+                at += len(r.going)
+        index = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        if len(index) < self.rows:
+            self.batch.keep(index.to(self.pipe.device))
+        self.live = stay
+        if not stay:
+            self.batch = None  # an idle stream holds no cache
+
+    def _answer(self, r: _Live):
+        """(result or exception) of a request whose rows have all ended."""
+        try:
+            vocab, outs = self.pipe.ctx.vocab, []
+            lp = torch.stack(r.lps, 1).float().tolist() if r.lps else None
+            raw = torch.stack(r.raws, 1).float().tolist() if r.raws else None
+            for i, row in enumerate(r.sequences[:, 1:].tolist()):
+                n = row.index(vocab.eos_id) + 1 if vocab.eos_id in row else len(row)
+                outs.append((row[:n], lp[i][:n] if lp else None, raw[i][:n] if raw else None))
+            return r.plan.answer(self.pipe, outs if r.plan.task.needs_scores else [(o[0], None, None) for o in outs])
+        except Exception as exc:
+            return exc
+
+
+def _chosen(scores: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    out = scores.new_zeros(scores.shape[0])
+    out[rows] = torch.log_softmax(scores[rows], -1).gather(1, ids[rows, None])[:, 0]
+    return out

@@ -327,11 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; any other "
                    "needs --token)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--max-batch", type=int, default=16, help="requests per model call")
-    s.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for others to batch with")
-    s.add_argument("--mix-tasks", action="store_true", help="let greedy requests of any tasks share a model call "
-                   "(a lower p99 latency; on a mix with 70-token depth maps, less throughput: see the README) "
-                   "instead of batching each task and options apart")
+    s.add_argument("--batching", choices=("step", "call"), default="step",
+                   help="step (default): a request joins the decoding batch at the next step and leaves it with "
+                   "its answer (iteration-level batching); call: requests arriving within --max-wait-ms share one "
+                   "model call per task and options")
+    s.add_argument("--max-batch", type=int, default=16, help="rows decoding at once (step) or requests per model "
+                   "call (call)")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="--batching call: how long a request waits for "
+                   "others to batch with")
+    s.add_argument("--mix-tasks", action="store_true", help="--batching call: let greedy requests of any tasks "
+                   "share a model call instead of batching each task and options apart")
     s.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 429")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request, else 504")
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit, else 413")

@@ -1,5 +1,5 @@
 """``unio serve --model M [--host 127.0.0.1 --port 8000 --max-batch 16 --max-wait-ms 10 --max-queue 256
---timeout 60 --max-upload-mb 20 --max-pixels N --token T --threads N --device D --mix-tasks]``.
+--timeout 60 --max-upload-mb 20 --max-pixels N --token T --threads N --device D --batching step|call --mix-tasks]``.
 
 Loads the model (an export directory or a shipped model's name), then serves it over HTTP with
 dynamic batching until interrupted (see :mod:`unio.serving`), with a page to try it at ``/``
@@ -25,7 +25,7 @@ from ..serving.server import require_web_stack
 def main(args) -> int:
     limits = dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                   timeout=args.timeout, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                  mix_tasks=args.mix_tasks)
+                  mix_tasks=args.mix_tasks, batching=args.batching)
     run(args.model, args.host, args.port, token=args.token, device=args.device, threads=args.threads,
         log_level=args.log_level, backend=getattr(args, "backend", "torch"), **limits)
     return 0

@@ -16,6 +16,11 @@ the long rows alone. Beam search and transformers' own sampling stay with ``gene
 The loop itself, :func:`decode`, runs over any object that gives next-token logits step by step
 (:class:`TorchSteps` for the network; the onnxruntime backend, :mod:`unio.backends.ort`, brings
 its own graphs' steps, greedy or sampled, through the same loop and processors).
+
+:class:`LiveBatch` is the network's side of iteration-level batching (Orca, Yu et al., OSDI 2022):
+rows join (their encoder states' cross-attention keys and values computed once) and leave
+between any two steps, each at its own position, so a server answers a short request while a
+long one decodes and starts a new one without waiting for the batch to drain.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StaticCache", "TorchSteps", "greedy_decode", "decode", "Decoded"]
+__all__ = ["StaticCache", "TorchSteps", "LiveBatch", "greedy_decode", "decode", "Decoded"]
 
 
 class _Self:
@@ -209,3 +214,118 @@ def _chosen_logprob(scores: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor)
     part = scores[rows]
     out[rows] = torch.log_softmax(part, -1).gather(1, ids[rows, None])[:, 0]  # as compute_transition_scores
     return out
+
+
+class _RowSelf:
+    """Self-attention history of rows at different positions: row r writes its next key / value
+    at ``positions[r]`` and reads its first ``positions[r] + 1``."""
+
+    def __init__(self, layers: int, heads: int, head_dim: int, dtype, device):
+        self.keys = torch.zeros(layers, 0, heads, 16, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.positions = torch.zeros(0, dtype=torch.long, device=device)
+        self.end = 0      # keys read this step: max(positions) + 1
+
+    def begin(self) -> None:
+        self.end = int(self.positions.max()) + 1
+        if self.end > self.keys.shape[3]:  # grow the buffers (doubling: a copy per doubling, not per step)
+            width = max(self.end, 2 * self.keys.shape[3])
+            pad = self.keys.new_zeros(*self.keys.shape[:3], width - self.keys.shape[3], self.keys.shape[4])
+            self.keys, self.values = torch.cat((self.keys, pad), 3), torch.cat((self.values, pad), 3)
+
+    def update(self, k, v, layer: int):
+        rows = torch.arange(k.shape[0], device=k.device)
+        self.keys[layer][rows, :, self.positions] = k[:, :, 0]
+        self.values[layer][rows, :, self.positions] = v[:, :, 0]
+        return self.keys[layer, :, :, :self.end], self.values[layer, :, :, :self.end]
+
+
+class LiveBatch:
+    """The decoder's state for rows that join and leave between steps (see the module's doc).
+
+    ``join(states, mask)`` adds rows (encoder states (b, N, C) and their (b, N) bool mask, or
+    None) at the end; ``keep(rows)`` keeps only ``rows`` (indices, in order); ``step(last_ids)``
+    takes each row's last id (B, 1) and returns (B, V) float32 next-token logits, row r's at its
+    own position. A row's logits are those :class:`TorchSteps` gives it in a batch of its own
+    (up to float rounding: its keys are read under a mask beside longer rows')."""
+
+    def __init__(self, model):
+        config = model.config
+        p = model.shared.weight
+        self.model, self.weight, self.device = model, p, p.device
+        self.layers = [layer.cross_attn for layer in model.decoder.layers]
+        self.self_attention_cache = _RowSelf(config.decoder_layers, config.num_heads, config.head_dim, p.dtype,
+                                             p.device)
+        self.cross_attention_cache = _CrossAll(config.decoder_layers)
+        self.is_updated = {i: True for i in range(config.decoder_layers)}  # cross keys are computed at join
+        self.enc_mask = torch.zeros(0, 0, dtype=torch.bool, device=p.device)
+        self.bias = None
+        if config.used_vocab_size < config.vocab_size:
+            self.bias = p.new_zeros(config.vocab_size)
+            self.bias[config.used_vocab_size:] = float("-inf")
+
+    @property
+    def batch(self) -> int:
+        return self.enc_mask.shape[0]
+
+    @property
+    def row_positions(self) -> torch.Tensor:
+        return self.self_attention_cache.positions
+
+    def get_seq_length(self) -> int:
+        return self.self_attention_cache.end
+
+    def self_mask(self):
+        """(B, 1, 1, end) keys each row may read; None when every row is at the same position."""
+        pos = self.self_attention_cache.positions
+        if bool((pos == pos[0]).all()):
+            return None
+        keys = torch.arange(self.self_attention_cache.end, device=pos.device)
+        return (keys[None, :] <= pos[:, None])[:, None, None, :]
+
+    @torch.inference_mode()
+    def join(self, states: torch.Tensor, mask: torch.Tensor | None) -> None:
+        b, n = states.shape[:2]
+        mask = torch.ones(b, n, dtype=torch.bool, device=states.device) if mask is None else mask.bool()
+        width = max(n, self.enc_mask.shape[1])
+        self.enc_mask = torch.cat((_pad(self.enc_mask, width, False), _pad(mask, width, False)))
+        for attn, c in zip(self.layers, self.cross_attention_cache.layers):
+            k, v = attn.encoder_kv(states)
+            if c.keys is None:
+                c.keys, c.values = k, v
+            else:
+                c.keys = torch.cat((_pad(c.keys, width, 0.0, 2), _pad(k, width, 0.0, 2)))
+                c.values = torch.cat((_pad(c.values, width, 0.0, 2), _pad(v, width, 0.0, 2)))
+        own = self.self_attention_cache
+        new = own.keys.new_zeros(own.keys.shape[0], b, *own.keys.shape[2:])
+        own.keys, own.values = torch.cat((own.keys, new), 1), torch.cat((own.values, new), 1)
+        own.positions = torch.cat((own.positions, own.positions.new_zeros(b)))
+
+    def keep(self, rows: torch.Tensor) -> None:
+        own = self.self_attention_cache
+        own.keys, own.values, own.positions = own.keys[:, rows], own.values[:, rows], own.positions[rows]
+        self.enc_mask = self.enc_mask[rows]
+        self.cross_attention_cache.keep(rows)
+        width = int(self.enc_mask.any(0).nonzero().max()) + 1 if self.enc_mask.any() else 0
+        if width < self.enc_mask.shape[1]:  # the longest prompts have left: read fewer keys
+            self.enc_mask = self.enc_mask[:, :width]
+            for c in self.cross_attention_cache.layers:
+                c.keys, c.values = c.keys[:, :, :width], c.values[:, :, :width]
+
+    @torch.inference_mode()
+    def step(self, last_ids: torch.Tensor) -> torch.Tensor:
+        own = self.self_attention_cache
+        own.begin()
+        mask = None if bool(self.enc_mask.all()) else self.enc_mask
+        h, _ = self.model.decoder(last_ids, None, mask, None, self, False)
+        own.positions = own.positions + 1
+        return F.linear(h[:, -1], self.weight, self.bias).to(torch.float32)
+
+
+def _pad(x: torch.Tensor, width: int, value, dim: int = 1) -> torch.Tensor:
+    """``x`` padded with ``value`` to ``width`` along ``dim``."""
+    if x.shape[dim] >= width:
+        return x
+    shape = list(x.shape)
+    shape[dim] = width - x.shape[dim]
+    return torch.cat((x, x.new_full(shape, value)), dim)

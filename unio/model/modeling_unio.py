@@ -144,6 +144,12 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.out.residual_branches = num_branches
 
+    def encoder_kv(self, encoder_states):
+        """Keys and values (B, H, N, D) of the encoder states, as every decoding step reads them."""
+        B, N, _ = encoder_states.shape
+        k, v = self.kv(encoder_states).view(B, N, 2, self.num_heads, self.head_dim).unbind(2)
+        return self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+
     def forward(self, x, encoder_states, encoder_mask=None, cache: EncoderDecoderCache | None = None):
         B, T, C = x.shape
         q = self.q_norm(self.q(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
@@ -151,9 +157,7 @@ class CrossAttention(nn.Module):
             layer = cache.cross_attention_cache.layers[self.layer_idx]
             k, v = layer.keys, layer.values
         else:
-            N = encoder_states.shape[1]
-            k, v = self.kv(encoder_states).view(B, N, 2, self.num_heads, self.head_dim).unbind(2)
-            k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, H, N, D)
+            k, v = self.encoder_kv(encoder_states)
             if cache is not None:
                 k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
@@ -485,6 +489,11 @@ class UnioDecoder(nn.Module):
                 past_key_values: EncoderDecoderCache | None = None, output_hidden_states=False):
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
+        rows = getattr(past_key_values, "row_positions", None)
+        if rows is not None:  # rows that started at different steps (unio.model.decoding.LiveBatch): one token each
+            cos, sin = rotary_tables(rows, self.config.head_dim, self.config.rope_theta, x.dtype)
+            return self._layers(x, encoder_hidden_states, cos[:, None], sin[:, None], past_key_values.self_mask(),
+                                False, encoder_attention_mask, past_key_values, output_hidden_states)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         positions = torch.arange(past, past + T, device=x.device)
         cos, sin = rotary_tables(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
@@ -502,6 +511,11 @@ class UnioDecoder(nn.Module):
                 key_ok = attention_mask.bool()[:, -(past + T):]
                 self_mask = self_mask & (key_ok[:, None, None, :] | (keys[None, :] == positions[:, None]))
 
+        return self._layers(x, encoder_hidden_states, cos, sin, self_mask, is_causal, encoder_attention_mask,
+                            past_key_values, output_hidden_states)
+
+    def _layers(self, x, encoder_hidden_states, cos, sin, self_mask, is_causal, encoder_attention_mask,
+                past_key_values, output_hidden_states):
         encoder_mask = None if encoder_attention_mask is None else encoder_attention_mask[:, None, None, :]
         hidden_states = (x,) if output_hidden_states else None
         for layer in self.layers:

@@ -8,8 +8,11 @@
     GET  /health           liveness;  GET /ready: the model is loaded;  GET /metrics: Prometheus text
 
 Requests are checked on the event loop (a bad one never reaches the model), then queued for the
-:class:`~unio.serving.batcher.Batcher`, which runs one ``pipe.run`` per batch in its worker thread
-(``pipe.run_many`` for a batch mixing tasks: greedy requests of any task share a model call).
+worker thread. By default (``batching="step"``, :class:`~unio.serving.batcher.StepBatcher`) a
+greedy request joins the decoding batch at the next step whatever its task and leaves it with its
+answer when its own rows end; the others run as a ``pipe.run`` batch between two steps. With
+``batching="call"`` (:class:`~unio.serving.batcher.Batcher`) requests arriving within a window
+share one ``pipe.run`` per task and options (``pipe.run_many`` for a batch mixing tasks).
 Every error is a JSON ``{"error": message}`` with a 4xx status (5xx only for the server's own
 faults), never a traceback.
 """
@@ -28,7 +31,8 @@ import torch
 from .. import __version__
 from ..errors import UnioError
 from ..tasks import get_task
-from .batcher import MIXED, Batcher, Job, QueueFull
+from ..batching import Stream
+from .batcher import MIXED, Batcher, Job, QueueFull, StepBatcher
 from .inputs import MAX_IMAGES, RequestError, jsonable, options_key, read_fields, record_of, served_task, status_of
 from .metrics import CONTENT_TYPE, Metrics
 from .page import add_page, is_page_path
@@ -60,7 +64,8 @@ class Limits:
     max_pixels: int = 4096 * 4096     # of the decoded image, else 413
     token: str | None = None          # bearer token every /v1 and /metrics request must carry
     threads: int | None = None        # torch CPU threads of the worker (None: torch's choice)
-    mix_tasks: bool = False           # greedy requests of any tasks and options share a model call
+    mix_tasks: bool = False           # batching="call": greedy requests of any tasks share a model call
+    batching: str = "step"            # "step": requests join the decoding batch at any step; "call": per call
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue", "max_pixels"):
@@ -69,6 +74,8 @@ class Limits:
         for name in ("timeout", "max_upload_mb"):
             if not float(getattr(self, name)) > 0:
                 raise UnioError(f"{name} must be above 0, got {getattr(self, name)}")
+        if self.batching not in ("step", "call"):
+            raise UnioError(f"batching must be step or call, got {self.batching!r}")
         if float(self.max_wait_ms) < 0:
             raise UnioError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
 
@@ -96,8 +103,12 @@ def create_app(pipe, **limits):
     lim = Limits(**limits)
     metrics = Metrics()
     state = _State(pipe, lim)
-    batcher = Batcher(state.run_batch, max_batch=lim.max_batch, max_wait=lim.max_wait_ms / 1000,
-                      max_queue=lim.max_queue, on_batch=metrics.batch)
+    if lim.batching == "step":
+        batcher = StepBatcher(state.stream, state.joins, state.run_batch, max_batch=lim.max_batch,
+                              max_queue=lim.max_queue, on_batch=metrics.batch)
+    else:
+        batcher = Batcher(state.run_batch, max_batch=lim.max_batch, max_wait=lim.max_wait_ms / 1000,
+                          max_queue=lim.max_queue, on_batch=metrics.batch)
     state.batcher = batcher
     metrics.queue_length = lambda: batcher.queue_length
     metrics.ready = lambda: state.pipe is not None
@@ -205,6 +216,15 @@ class _State:
             log.error("unio serve: the model failed to load: %s", self.error)
             return
         self.pipe, self.served = pipe, list(pipe.tasks)
+
+    def stream(self):
+        """In the worker thread: the stream step batching decodes in (None: this backend cannot step)."""
+        if getattr(self.pipe.model, "decode_steps", None) is not None:
+            return None
+        return Stream(self.pipe, max_rows=self.limits.max_batch)
+
+    def joins(self, job: Job) -> bool:
+        return self.pipe.shares_decoding(job.task, job.options)
 
     def run_batch(self, jobs: list[Job]) -> list:
         """In the worker thread: one ``pipe.run`` for a batch of one task and options, one

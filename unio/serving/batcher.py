@@ -18,13 +18,14 @@ exception that job raised.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Job", "Batcher", "QueueFull", "MIXED"]
+__all__ = ["Job", "Batcher", "StepBatcher", "QueueFull", "MIXED"]
 
 MIXED = "mixed"  # the pool of requests that can share a model call with any task's
 
@@ -183,3 +184,143 @@ def _outcomes(run_batch, jobs: list[Job]) -> list:
         err = RuntimeError(f"the model answered {len(out)} of {len(jobs)} requests")
         return [err] * len(jobs)
     return list(out)
+
+
+class StepBatcher:
+    """Iteration-level batching (``unio serve``'s default on a torch model): the worker thread
+    keeps one :class:`~unio.batching.Stream` decoding; requests that arrive join it at the next
+    step (up to ``max_batch`` rows decoding at once, the rest wait their turn in arrival order)
+    and each is answered the step its own rows end, so nobody waits for a batch to fill or to
+    drain. Requests that cannot share greedy decoding (beams, sampling, candidates, guidance:
+    ``joins(job)`` is False) run as a batch of their own between two steps, through ``run_batch``.
+
+    Same interface as :class:`Batcher`; ``batch_sizes`` records the rows of every step and
+    ``on_batch`` sees every step (the tasks decoding, their rows, the step's time). A caller that
+    gives up cancels its future: its request leaves the queue or the batch at the next step."""
+
+    def __init__(self, stream: Callable[[], Any], joins: Callable[[Job], bool], run_batch: Callable[[list[Job]], list],
+                 *, max_batch: int = 16, max_queue: int = 256,
+                 on_batch: Callable[[list[str], int, float], None] | None = None):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1")
+        self.make_stream, self.joins, self.run_batch = stream, joins, run_batch
+        self.max_batch, self.max_queue, self.on_batch = int(max_batch), int(max_queue), on_batch
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unio-serve-worker")
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)
+        self.running = 0
+        self._queue: deque[Job] = deque()   # arrived, not yet taken by the worker
+        self._waiting = 0                   # taken, waiting in the stream for room
+        self._lock = threading.Lock()
+        self._draining = False
+        self._stream = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue) + self._waiting
+
+    def submit(self, job: Job) -> asyncio.Future:
+        self.ensure_started()
+        if self.queue_length >= self.max_queue:
+            raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting); retry shortly")
+        job.future = self._loop.create_future()
+        with self._lock:
+            self._queue.append(job)
+            start, self._draining = not self._draining, True
+        if start:
+            self.executor.submit(self._drain)
+        return job.future
+
+    def ensure_started(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        with self._lock:
+            jobs, self._queue = list(self._queue), deque()
+        for job in jobs:
+            job.future.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def call(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- the worker thread
+    def _drain(self) -> None:
+        """Take arrivals, step the stream, answer, until nothing is left to do."""
+        live: dict[int, Job] = {}
+        while True:
+            with self._lock:
+                arrived, self._queue = list(self._queue), deque()
+                stream = self._stream
+                if not arrived and (stream is None or not stream.busy):
+                    self._draining = False
+                    return
+            if stream is None and arrived:
+                try:
+                    stream = self._stream = self.make_stream()  # None: the model cannot step (another backend)
+                except Exception as exc:
+                    for job in arrived:
+                        self._answer(job, exc)
+                    continue
+            own = []
+            for job in arrived:
+                if job.future.done():
+                    continue
+                if stream is None or not self.joins(job):
+                    own.append(job)
+                    continue
+                try:
+                    stream.add(_request(job), handle=job)
+                    live[id(job)] = job
+                except Exception as exc:
+                    self._answer(job, exc)
+            for group in _groups(own):  # the others: a batch per task and options, between two steps
+                for job, out in zip(group, _outcomes(self.run_batch, group)):
+                    self._answer(job, out)
+            for job in [j for j in live.values() if j.future.done()]:  # callers that gave up
+                stream.drop(job)
+                live.pop(id(job))
+            if stream is None or not stream.busy:
+                continue
+            self.running = stream.rows
+            t0 = time.monotonic()
+            try:
+                done = stream.step()
+            except Exception as exc:  # the model itself failed: every request in it gets the error
+                done = [(job, exc) for job in live.values()]
+                self._stream = None
+            self.running = 0
+            rows = stream.rows if self._stream is stream else 0
+            self._waiting = len(stream.waiting) if self._stream is stream else 0
+            if self.on_batch is not None and (rows or done):
+                tasks = list(dict.fromkeys(j.task for j in live.values()))
+                self.on_batch(tasks, max(rows, 1), time.monotonic() - t0)
+            self.batch_sizes.append(rows)
+            for job, out in done:
+                live.pop(id(job), None)
+                self._answer(job, out)
+            if self._stream is None:
+                live.clear()
+
+    def _answer(self, job: Job, out) -> None:
+        self._loop.call_soon_threadsafe(_settle, job.future, out)
+
+
+def _settle(future: asyncio.Future, out) -> None:
+    if future.done():   # its caller gave up: drop its answer only
+        return
+    if isinstance(out, BaseException):
+        future.set_exception(out)
+    else:
+        future.set_result(out)
+
+
+def _request(job: Job) -> dict:
+    return {"task": job.task, "image": job.image, **job.inputs, **job.options}
+
+
+def _groups(jobs: list[Job]) -> list[list[Job]]:
+    out: dict = {}
+    for job in jobs:
+        out.setdefault(job.key, []).append(job)
+    return list(out.values())
