@@ -47,7 +47,13 @@ import unio
 from unio.data.shapes import ShapesWorld
 
 TARGET = 3.0
-MIXED = "concurrent, mixed tasks"
+CALL = "concurrent, per call"
+MIXED = "concurrent, call mixed"
+ARMS = {  # phase name -> (server kind, its extra flags): every server answers the same request list
+    "concurrent": ("step", []),
+    CALL: ("call", ["--batching", "call"]),
+    MIXED: ("call_mixed", ["--batching", "call", "--mix-tasks"]),
+}
 TASKS = ("caption", "vqa", "detect", "ground", "depth")
 BAD = {  # kind -> expected status
     "broken_image": 422, "unknown_task": 404, "bad_option": 422, "oversized": 413,
@@ -243,11 +249,14 @@ def main(argv=None) -> int:
     ap.add_argument("--bad-each", type=int, default=2, help="bad requests of each kind in the mix")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="the mix of good requests")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                    help="concurrent arms (concurrent: the default server, step batching; always run)")
     ap.add_argument("--rounds", type=int, default=3, help="sequential + concurrent phases, alternating")
     ap.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     ap.add_argument("--time-limit", type=float, default=900.0, help="the whole run, seconds")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = ap.parse_args(argv)
+    args.arms = ["concurrent"] + [a for a in args.arms if a != "concurrent"]
     deadline = time.monotonic() + args.time_limit
 
     torch.set_num_threads(args.threads)
@@ -262,15 +271,16 @@ def main(argv=None) -> int:
 
     servers = {}
     try:
-        for kind, extra in (("default", []), ("mixed", ["--mix-tasks"])):
+        for name in ["concurrent"] + [a for a in args.arms if a != "concurrent"]:
+            kind, extra = ARMS[name]
             servers[kind] = start_server(args, extra, deadline)
-        url, proc = servers["default"]
+        url, proc = servers["step"]
         warm = [r for r in reqs if r["bad"] is None][:40]
         for u, _ in servers.values():
             asyncio.run(send_all(u, warm, 4, args.timeout))   # warm-up, not measured
         rss_before = proc.memory_info().rss / 2**20
         rows, checks, batches = [], [], {}
-        phases = (("sequential", 1, "default"), ("concurrent", args.clients, "default"), (MIXED, args.clients, "mixed"))
+        phases = [("sequential", 1, "step")] + [(a, args.clients, ARMS[a][0]) for a in ARMS if a in args.arms]
         for rnd in range(1, args.rounds + 1):                 # the phases alternate: noise hits every arm
             for name, clients, kind in phases:
                 if time.monotonic() > deadline:
@@ -296,29 +306,30 @@ def main(argv=None) -> int:
     direct_rps = good / direct_s
     mean_batch = {name: {t: s / max(1.0, c) for t, (s, c) in got.items() if t in args.tasks} for name, got in batches.items()}
     seq = [r for r in rows if r["phase"] == "sequential"]
+    arms = [a for a in ARMS if a in args.arms]
     ratio = {name: [c["throughput_rps"] / q["throughput_rps"] for q, c in zip(seq, [r for r in rows if r["phase"] == name])]
-             for name in ("concurrent", MIXED)}
+             for name in arms}
     speedups = ratio["concurrent"]
     speedup = float(np.median(speedups))
-    best = {name: max(r["throughput_rps"] for r in rows if r["phase"] == name) for name in ("sequential", "concurrent", MIXED)}
+    best = {name: max(r["throughput_rps"] for r in rows if r["phase"] == name) for name in ["sequential"] + arms}
 
     print(f"\nunio serve load test: {args.model}, {args.n} requests ({good} good over {', '.join(args.tasks)}; "
           f"{args.n - good} bad), server --threads {args.threads} --max-batch {args.max_batch} "
           f"--max-wait-ms {args.max_wait_ms:g}, {os.cpu_count()} CPUs, {args.rounds} rounds")
-    print(f"{'round':<6}{'phase':<21}{'clients':>8}{'wall s':>8}{'model s':>9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}"
+    print(f"{'round':<6}{'phase':<23}{'clients':>8}{'wall s':>8}{'model s':>9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'good ok':>10}{'lost':>6}{'mixed':>7}{'bad 4xx':>9}")
     for row, chk in zip(rows, checks):
-        print(f"{row['round']:<6}{row['phase']:<21}{row['clients']:>8}{row['wall_s']:>8.1f}{row['model_busy_s']:>9.1f}"
+        print(f"{row['round']:<6}{row['phase']:<23}{row['clients']:>8}{row['wall_s']:>8.1f}{row['model_busy_s']:>9.1f}"
               f"{row['throughput_rps']:>7.1f}{row['p50_ms']:>8.0f}{row['p99_ms']:>8.0f}"
               f"{chk['good_ok']:>6}/{chk['good']:<3}{chk['lost']:>6}{chk['mixed_up']:>7}"
               f"{chk['bad_answered_right']:>6}/{chk['bad']}")
-    print(f"throughput, concurrent / sequential: {speedup:.2f}x (median of rounds: "
-          f"{', '.join(f'{v:.2f}' for v in speedups)}; target {TARGET:g}x); with --mix-tasks: "
-          f"{float(np.median(ratio[MIXED])):.2f}x ({', '.join(f'{v:.2f}' for v in ratio[MIXED])})")
-    print(f"best of rounds: sequential {best['sequential']:.1f} req/s, concurrent {best['concurrent']:.1f} req/s, "
-          f"mixed tasks {best[MIXED]:.1f} req/s; direct pipe.run one by one in this process: {direct_rps:.1f} req/s")
+    for name in arms:
+        print(f"throughput, {name} / sequential: {float(np.median(ratio[name])):.2f}x (median of rounds: "
+              f"{', '.join(f'{v:.2f}' for v in ratio[name])}){f'; target {TARGET:g}x' if name == 'concurrent' else ''}")
+    print("best of rounds: " + ", ".join(f"{name} {v:.1f} req/s" for name, v in best.items())
+          + f"; direct pipe.run one by one in this process: {direct_rps:.1f} req/s")
     for name, sizes in mean_batch.items():
-        print(f"mean size of the model calls serving each task ({name}): "
+        print(f"mean size of the model calls serving each task ({name}{'; rows per decoding step' if name == 'concurrent' else ''}): "
               + ", ".join(f"{t} {v:.1f}" for t, v in sorted(sizes.items())))
     print(f"server RSS: {rss_before:.0f} MiB after warm-up, {rss_after:.0f} MiB after all rounds "
           f"({rss_after - rss_before:+.0f} MiB)")
@@ -329,7 +340,8 @@ def main(argv=None) -> int:
         "threads": args.threads, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "rounds": args.rounds,
         "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
         "phases": rows, "checks": checks, "speedup": speedup, "speedups": speedups, "target": TARGET,
-        "speedup_mixed_tasks": float(np.median(ratio[MIXED])), "speedups_mixed_tasks": ratio[MIXED],
+        "arms": {name: {"server_flags": ARMS[name][1], "speedup": float(np.median(ratio[name])),
+                        "speedups": ratio[name]} for name in arms},
         "meets_target": speedup >= TARGET, "best_rps": best, "direct_sequential_rps": direct_rps,
         "mean_batch_size": mean_batch, "rss_mib": {"after_warmup": rss_before, "after_all_rounds": rss_after},
     }

@@ -329,6 +329,28 @@ def test_a_client_that_disconnects_does_not_break_its_batch(micro, images):
     assert 'unio_requests_total{task="caption",status="499"} 2' in metrics.text
 
 
+def test_step_batching_drops_a_request_whose_client_goes_away_mid_decoding(demo, images):
+    """Two depth maps (70 steps) decoding together, one client gone at a step: its row leaves the
+    batch (the last steps decode one row), the other answers as a direct run."""
+    pils = [s["image"] for s in images[:2]]
+    app = create_app(demo, max_batch=4)
+
+    async def body(c):
+        calls = [asyncio.ensure_future(c.post("/v1/depth", files={"image": ("a.png", png(im))})) for im in pils]
+        await until(lambda: app.state.batcher.running == 2)
+        calls[0].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        return done, await c.get("/metrics")
+
+    (gone, kept), metrics = serve(app, body)
+    assert isinstance(gone, asyncio.CancelledError) and kept.status_code == 200
+    depth = np.load(io.BytesIO(base64.b64decode(kept.json()["depth_npy"])))
+    assert np.abs(depth - demo.depth(pils[1])).max() < 1e-4
+    sizes = list(app.state.batcher.batch_sizes)
+    assert 2 in sizes and sizes[-1] == 1, sizes
+    assert 'unio_requests_total{task="depth",status="499"} 1' in metrics.text
+
+
 # ---------------------------------------------------------------------- limits
 def test_a_full_queue_answers_429_and_a_slow_model_504(micro, images):
     gated = Gated(micro)

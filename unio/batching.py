@@ -28,6 +28,7 @@ from .tasks.constraints import RowSegments
 
 __all__ = ["run_many", "shares_decoding", "lean", "LEAN_OPTIONS", "Stream"]
 
+IDLE_STEPS = 4  # a Stream's free slots stay this many steps for a newcomer before the batch is compacted
 LEAN_OPTIONS = frozenset({"max_new_tokens", "do_sample", "num_beams"})  # what greedy_decode runs; else generate()
 
 
@@ -138,7 +139,8 @@ class _Live:
     processors: list = field(default_factory=list)
     sequences: torch.Tensor | None = None    # (b, 1 + steps), starting with the decoder start id
     unfinished: torch.Tensor | None = None   # (b,) 1 while a row has not written its end token
-    going: torch.Tensor | None = None        # its rows still in the network's batch
+    going: torch.Tensor | None = None        # its rows still decoding
+    slots: torch.Tensor | None = None        # each row's slot in the network's batch
     lps: list = field(default_factory=list)
     raws: list = field(default_factory=list)
 
@@ -159,6 +161,8 @@ class Stream:
         self.waiting: deque[_Live] = deque()
         self.live: list[_Live] = []
         self.batch: LiveBatch | None = None
+        self.decoded, self.decoded_tasks = 0, []  # rows the last step decoded, and their tasks
+        self._idle = 0
 
     @property
     def busy(self) -> bool:
@@ -166,8 +170,8 @@ class Stream:
 
     @property
     def rows(self) -> int:
-        """Rows now in the decoding batch."""
-        return self.batch.batch if self.batch is not None else 0
+        """Rows now decoding."""
+        return self.batch.rows if self.batch is not None else 0
 
     def add(self, request: dict, handle=None):
         """Queue ``request``; returns ``handle`` (default: the request itself). Bad input raises here."""
@@ -185,24 +189,29 @@ class Stream:
     def drop(self, handle) -> None:
         """Forget ``handle``'s request (its caller has gone): out of the queue or the batch."""
         self.waiting = deque(r for r in self.waiting if r.handle is not handle)
-        if any(r.handle is handle for r in self.live):
-            self._keep([r for r in self.live if r.handle is not handle])
+        for r in [r for r in self.live if r.handle is handle]:
+            self.batch.release(r.slots[r.going])
+            self.live.remove(r)
+        self._tidy()
 
     @torch.inference_mode()
     def step(self) -> list:
         """Join what fits, decode one token of every row, return the ``(handle, result)`` that ended."""
         pipe, vocab = self.pipe, self.pipe.ctx.vocab
-        done = []
+        done, self.decoded = [], 0
         self._join(done)
         if not self.live:
             return done
-        last = torch.cat([r.sequences[r.going, -1:] for r in self.live])
-        logits = self.batch.step(last.to(pipe.device))
-        at, stay, rows = 0, [], []
+        batch = self.batch
+        self.decoded, self.decoded_tasks = batch.rows, list(dict.fromkeys(r.plan.name for r in self.live))
+        last = torch.full((batch.slots, 1), vocab.pad_id, dtype=torch.long, device=pipe.device)
         for r in self.live:
-            n = len(r.going)
-            part, first, at = logits[at:at + n], at, at + n
-            if n < len(r.sequences):  # finished rows: zeros, as decode() gives them to the processors
+            last[r.slots[r.going]] = r.sequences[r.going, -1:]
+        logits = batch.step(last)
+        stay = []
+        for r in self.live:
+            part = logits[r.slots[r.going]]
+            if len(r.going) < len(r.sequences):  # finished rows: zeros, as decode() gives them to the processors
                 full = part.new_zeros(len(r.sequences), part.shape[-1])
                 full[r.going] = part
             else:
@@ -219,13 +228,16 @@ class Stream:
             r.sequences = torch.cat([r.sequences, ids[:, None]], dim=-1)
             r.unfinished = r.unfinished & (ids != vocab.eos_id).long()
             if not bool(r.unfinished.any()) or r.sequences.shape[1] > r.plan.limit:
+                batch.release(r.slots[r.going])
                 done.append((r.handle, self._answer(r)))
                 continue
             still = r.unfinished[r.going].bool()
-            rows.append(first + still.nonzero()[:, 0].cpu())
-            r.going = r.going[still]
+            if not bool(still.all()):
+                batch.release(r.slots[r.going[~still]])
+                r.going = r.going[still]
             stay.append(r)
-        self._keep(stay, rows)
+        self.live = stay
+        self._tidy()
         return done
 
     # -- internals
@@ -252,29 +264,28 @@ class Stream:
         enc = pipe.model.get_encoder()(**pipe._collate([ex for r in ok for ex in r.plan.examples]))
         if self.batch is None:
             self.batch = LiveBatch(pipe.model)
-        self.batch.join(enc.last_hidden_state, enc.attention_mask)
+        slots, at = self.batch.join(enc.last_hidden_state, enc.attention_mask), 0
         for r in ok:
             b = len(r.plan.examples)
+            r.slots, at = slots[at:at + b], at + b
             r.sequences = torch.full((b, 1), ctx.vocab.bos_id, dtype=torch.long, device=pipe.device)
             r.unfinished = torch.ones(b, dtype=torch.long, device=pipe.device)
             r.going = torch.arange(b, device=pipe.device)
         self.live += ok
+        self._idle = 0
 
-    def _keep(self, stay: list, rows: list | None = None) -> None:
-        """Only the requests ``stay`` (in order) go on; ``rows``: their rows in the network's batch
-        (default: all the rows they hold there now)."""
-        if rows is None:
-            keep, rows, at = {id(r) for r in stay}, [], 0
+    def _tidy(self) -> None:
+        """Drop free slots when they are many, or have stayed free a few steps with no one to take them."""
+        if not self.live:
+            self.batch, self._idle = None, 0  # an idle stream holds no cache
+            return
+        free = self.batch.slots - self.batch.rows
+        self._idle = self._idle + 1 if free and not self.waiting else 0
+        if free and (2 * free >= self.batch.slots or self._idle >= IDLE_STEPS):
+            where = self.batch.compact()
             for r in self.live:
-                if id(r) in keep:
-                    rows.append(torch.arange(at, at + len(r.going)))
-                at += len(r.going)
-        index = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-        if len(index) < self.rows:
-            self.batch.keep(index.to(self.pipe.device))
-        self.live = stay
-        if not stay:
-            self.batch = None  # an idle stream holds no cache
+                r.slots = where[r.slots]
+            self._idle = 0
 
     def _answer(self, r: _Live):
         """(result or exception) of a request whose rows have all ended."""

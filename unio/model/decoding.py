@@ -230,8 +230,7 @@ class _RowSelf:
         self.end = int(self.positions.max()) + 1
         if self.end > self.keys.shape[3]:  # grow the buffers (doubling: a copy per doubling, not per step)
             width = max(self.end, 2 * self.keys.shape[3])
-            pad = self.keys.new_zeros(*self.keys.shape[:3], width - self.keys.shape[3], self.keys.shape[4])
-            self.keys, self.values = torch.cat((self.keys, pad), 3), torch.cat((self.values, pad), 3)
+            self.keys, self.values = _pad(self.keys, width, 0.0, 3), _pad(self.values, width, 0.0, 3)
 
     def update(self, k, v, layer: int):
         rows = torch.arange(k.shape[0], device=k.device)
@@ -241,13 +240,14 @@ class _RowSelf:
 
 
 class LiveBatch:
-    """The decoder's state for rows that join and leave between steps (see the module's doc).
-
-    ``join(states, mask)`` adds rows (encoder states (b, N, C) and their (b, N) bool mask, or
-    None) at the end; ``keep(rows)`` keeps only ``rows`` (indices, in order); ``step(last_ids)``
-    takes each row's last id (B, 1) and returns (B, V) float32 next-token logits, row r's at its
-    own position. A row's logits are those :class:`TorchSteps` gives it in a batch of its own
-    (up to float rounding: its keys are read under a mask beside longer rows')."""
+    """The decoder's state for rows that join and leave between steps (see the module's doc), in
+    slots: ``join(states, mask)`` puts new rows (encoder states (b, N, C) and their (b, N) bool
+    mask, or None) into free slots, or new ones, and returns their slot indices; ``release(slots)``
+    frees slots (no copy: a free slot decodes a pad id until a new row takes it);
+    ``compact()`` drops the free slots (a copy of the caches) and says where each slot went;
+    ``step(last_ids)`` takes each slot's last id (S, 1) and returns (S, V) float32 next-token
+    logits, each row's at its own position. A row's logits are those :class:`TorchSteps` gives it
+    in a batch of its own, up to float rounding (its keys are read under a mask beside longer rows')."""
 
     def __init__(self, model):
         config = model.config
@@ -257,16 +257,25 @@ class LiveBatch:
         self.self_attention_cache = _RowSelf(config.decoder_layers, config.num_heads, config.head_dim, p.dtype,
                                              p.device)
         self.cross_attention_cache = _CrossAll(config.decoder_layers)
+        for c in self.cross_attention_cache.layers:
+            c.keys = p.new_zeros(0, config.num_heads, 0, config.head_dim)
+            c.values = p.new_zeros(0, config.num_heads, 0, config.head_dim)
         self.is_updated = {i: True for i in range(config.decoder_layers)}  # cross keys are computed at join
         self.enc_mask = torch.zeros(0, 0, dtype=torch.bool, device=p.device)
+        self.active = torch.zeros(0, dtype=torch.bool, device=p.device)
         self.bias = None
         if config.used_vocab_size < config.vocab_size:
             self.bias = p.new_zeros(config.vocab_size)
             self.bias[config.used_vocab_size:] = float("-inf")
 
     @property
-    def batch(self) -> int:
-        return self.enc_mask.shape[0]
+    def slots(self) -> int:
+        return self.active.shape[0]
+
+    @property
+    def rows(self) -> int:
+        """Slots holding a row."""
+        return int(self.active.sum())
 
     @property
     def row_positions(self) -> torch.Tensor:
@@ -276,7 +285,7 @@ class LiveBatch:
         return self.self_attention_cache.end
 
     def self_mask(self):
-        """(B, 1, 1, end) keys each row may read; None when every row is at the same position."""
+        """(S, 1, 1, end) keys each slot may read; None when every slot is at the same position."""
         pos = self.self_attention_cache.positions
         if bool((pos == pos[0]).all()):
             return None
@@ -284,33 +293,56 @@ class LiveBatch:
         return (keys[None, :] <= pos[:, None])[:, None, None, :]
 
     @torch.inference_mode()
-    def join(self, states: torch.Tensor, mask: torch.Tensor | None) -> None:
+    def join(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n = states.shape[:2]
         mask = torch.ones(b, n, dtype=torch.bool, device=states.device) if mask is None else mask.bool()
-        width = max(n, self.enc_mask.shape[1])
-        self.enc_mask = torch.cat((_pad(self.enc_mask, width, False), _pad(mask, width, False)))
-        for attn, c in zip(self.layers, self.cross_attention_cache.layers):
+        free = (~self.active).nonzero()[:, 0][:b]
+        grow = b - len(free)
+        own, caches = self.self_attention_cache, self.cross_attention_cache.layers
+        if grow:
+            S = self.slots
+            own.keys, own.values = _pad(own.keys, S + grow, 0.0), _pad(own.values, S + grow, 0.0)
+            own.positions = _pad(own.positions, S + grow, 0, 0)
+            self.active = _pad(self.active, S + grow, False, 0)
+            self.enc_mask = _pad(self.enc_mask, S + grow, False, 0)
+            for c in caches:
+                c.keys, c.values = _pad(c.keys, S + grow, 0.0, 0), _pad(c.values, S + grow, 0.0, 0)
+            free = torch.cat((free, torch.arange(S, S + grow, device=free.device)))
+        width = self.enc_mask.shape[1]
+        if n > width:  # a longer prompt than any so far: every slot's encoder keys get room
+            self.enc_mask = _pad(self.enc_mask, n, False)
+            for c in caches:
+                c.keys, c.values = _pad(c.keys, n, 0.0, 2), _pad(c.values, n, 0.0, 2)
+            width = n
+        self.enc_mask[free] = _pad(mask, width, False)
+        for attn, c in zip(self.layers, caches):
             k, v = attn.encoder_kv(states)
-            if c.keys is None:
-                c.keys, c.values = k, v
-            else:
-                c.keys = torch.cat((_pad(c.keys, width, 0.0, 2), _pad(k, width, 0.0, 2)))
-                c.values = torch.cat((_pad(c.values, width, 0.0, 2), _pad(v, width, 0.0, 2)))
-        own = self.self_attention_cache
-        new = own.keys.new_zeros(own.keys.shape[0], b, *own.keys.shape[2:])
-        own.keys, own.values = torch.cat((own.keys, new), 1), torch.cat((own.values, new), 1)
-        own.positions = torch.cat((own.positions, own.positions.new_zeros(b)))
+            c.keys[free, :, :n], c.values[free, :, :n] = k, v
+        own.positions[free] = 0
+        self.active[free] = True
+        return free
 
-    def keep(self, rows: torch.Tensor) -> None:
+    @torch.inference_mode()
+    def release(self, slots: torch.Tensor) -> None:
+        self.active[slots] = False
+        self.self_attention_cache.positions[slots] = 0
+
+    @torch.inference_mode()
+    def compact(self) -> torch.Tensor:
+        """Drop the free slots; -> (old S,) the new index of each old slot (-1: dropped)."""
+        keep = self.active.nonzero()[:, 0]
+        where = torch.full((self.slots,), -1, dtype=torch.long, device=keep.device)
+        where[keep] = torch.arange(len(keep), device=keep.device)
         own = self.self_attention_cache
-        own.keys, own.values, own.positions = own.keys[:, rows], own.values[:, rows], own.positions[rows]
-        self.enc_mask = self.enc_mask[rows]
-        self.cross_attention_cache.keep(rows)
+        own.keys, own.values, own.positions = own.keys[:, keep], own.values[:, keep], own.positions[keep]
+        self.enc_mask, self.active = self.enc_mask[keep], self.active[keep]
+        self.cross_attention_cache.keep(keep)
         width = int(self.enc_mask.any(0).nonzero().max()) + 1 if self.enc_mask.any() else 0
         if width < self.enc_mask.shape[1]:  # the longest prompts have left: read fewer keys
             self.enc_mask = self.enc_mask[:, :width]
             for c in self.cross_attention_cache.layers:
                 c.keys, c.values = c.keys[:, :, :width], c.values[:, :, :width]
+        return where
 
     @torch.inference_mode()
     def step(self, last_ids: torch.Tensor) -> torch.Tensor:
@@ -318,7 +350,7 @@ class LiveBatch:
         own.begin()
         mask = None if bool(self.enc_mask.all()) else self.enc_mask
         h, _ = self.model.decoder(last_ids, None, mask, None, self, False)
-        own.positions = own.positions + 1
+        own.positions = own.positions + self.active  # a free slot stays at position 0
         return F.linear(h[:, -1], self.weight, self.bias).to(torch.float32)
 
 

@@ -290,12 +290,12 @@ class StepBatcher:
                 done = [(job, exc) for job in live.values()]
                 self._stream = None
             self.running = 0
-            rows = stream.rows if self._stream is stream else 0
+            rows = stream.decoded
             self._waiting = len(stream.waiting) if self._stream is stream else 0
-            if self.on_batch is not None and (rows or done):
-                tasks = list(dict.fromkeys(j.task for j in live.values()))
-                self.on_batch(tasks, max(rows, 1), time.monotonic() - t0)
-            self.batch_sizes.append(rows)
+            if self.on_batch is not None and rows:
+                self.on_batch(stream.decoded_tasks, rows, time.monotonic() - t0)
+            if rows:
+                self.batch_sizes.append(rows)
             for job, out in done:
                 live.pop(id(job), None)
                 self._answer(job, out)
