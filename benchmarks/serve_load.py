@@ -9,11 +9,13 @@ of tasks (caption, vqa, detect, ground, depth) on shapes-world images (``ShapesW
 as multipart uploads and half as JSON with base64, plus a few bad ones that must each get their
 4xx while the rest succeed: a broken image (422), an unknown task (404), a bad option value (422)
 and an oversized body (413; the server runs with --max-upload-mb 1). The same request list is sent
-one by one by a single client (sequential), then by --clients concurrent clients (each takes the
-next request when its previous one is answered) to the server as started by default (batches of
-one task and options: "concurrent"), then to a second one started with --mix-tasks (greedy
-requests of any tasks share a model call: "concurrent, mixed tasks"), --rounds times, alternating, so that the noise of
-a shared machine falls on every arm; the speedup is the median of the rounds' ratios. Reports
+one by one by a single client to the server as started by default (sequential), then by --clients
+concurrent clients (each takes the next request when its previous one is answered) to it (step
+batching: requests join the decoding batch at the next step: "concurrent"), to a second server
+started with --batching call (batches of one task and options: "concurrent, per call") and to a
+third with --batching call --mix-tasks (greedy requests of any tasks share a model call:
+"concurrent, call mixed"; --arms picks among the three), --rounds times, alternating, so that the
+noise of a shared machine falls on every arm; the speedup is the median of the rounds' ratios. Reports
 throughput, p50/p99 latency, the time the server's worker spent in the model, the mean batch size
 per task (from /metrics), the server's RSS after a warm-up and after all rounds, and compares every
 answer with a direct ``pipe.run`` of the same input in this process (texts and boxes exactly;

@@ -87,7 +87,8 @@ class Metrics:
                       "# TYPE unio_request_latency_seconds histogram"]
             for task, h in sorted(self.latency.items()):
                 lines += h.lines("unio_request_latency_seconds", f'task="{_label(task)}"')
-            lines += ["# HELP unio_batch_size Requests answered by one model call.",
+            lines += ["# HELP unio_batch_size Rows decoded by one model step (step batching) or requests answered by "
+                      "one model call (call batching).",
                       "# TYPE unio_batch_size histogram"]
             for task, h in sorted(self.batches.items()):
                 lines += h.lines("unio_batch_size", f'task="{_label(task)}"')
