@@ -6,6 +6,9 @@
 Both models get identical d_model / layers / heads / MLP width (T5 with its gated-GELU MLP, the gated
 counterpart of unio's SwiGLU), encoder and target lengths, vocabulary size and batch:
 (a) a training step: forward + backward + AdamW step;
+(b'') greedy generation where each row ends at its own length (MIXED_LENGTHS, forced alike on both by
+    the same logits processor): unio's lean loop drops ended rows from the batch; T5's generate()
+    keeps decoding them as padding until the longest ends;
 (b) greedy generation of exactly --new-tokens tokens for --gen-batch samples with the KV cache, both
     models through transformers' generate(), and unio through its own greedy loop
     (unio.model.decoding.greedy_decode: same network calls, a preallocated KV cache, no generate()
@@ -45,7 +48,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import LogitsProcessor, LogitsProcessorList, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from unio.model import UnioConfig, UnioForConditionalGeneration
@@ -185,6 +188,50 @@ def lean_fn(model, kwargs, new_tokens, autocast):
     return gen
 
 
+class EndAt(LogitsProcessor):
+    """Row r writes its end token as its ``lengths[r]``-th token and never before: the answer lengths
+    of a mixed-task batch, forced alike on both models (random weights choose no lengths)."""
+
+    def __init__(self, lengths, eos: int):
+        self.lengths, self.eos = torch.tensor(lengths), eos
+
+    def __call__(self, input_ids, scores):
+        out = scores.clone()
+        out[:, self.eos] = float("-inf")
+        due = (self.lengths.to(scores.device) == input_ids.shape[1])  # input_ids: start id + tokens so far
+        out[due] = float("-inf")
+        out[due, self.eos] = 0.0
+        return out
+
+
+def mixed_gen_fns(unio, t5, unio_in, t5_in, new_tokens, autocast):
+    """Greedy generation of a batch whose rows end at MIXED_LENGTHS (capped at ``new_tokens``): unio
+    through its lean loop, whose ended rows leave the batch; T5 through generate(), which decodes
+    ended rows (as pad) until the longest ends. Both check that every row ended where it should."""
+    B = t5_in["input_ids"].shape[0]
+    lengths = [min(MIXED_LENGTHS[i % len(MIXED_LENGTHS)], new_tokens) for i in range(B)]
+    unio.eval(), t5.eval()
+
+    def check(seqs, eos):
+        got = [(row[1:] == eos).nonzero()[0, 0].item() + 1 for row in seqs.cpu()]
+        assert got == lengths, (got, lengths)
+
+    def lean():
+        with autocast():
+            out = greedy_decode(unio, max_new_tokens=new_tokens, logits_processor=[EndAt(lengths, unio.config.eos_token_id)],
+                                eos_token_id=unio.config.eos_token_id, pad_token_id=unio.config.pad_token_id,
+                                decoder_start_token_id=unio.config.decoder_start_token_id, **unio_in)
+        check(out.sequences, unio.config.eos_token_id)
+
+    @torch.no_grad()
+    def t5_gen():
+        with autocast():
+            out = t5.generate(**t5_in, max_new_tokens=new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                              logits_processor=LogitsProcessorList([EndAt(lengths, t5.config.eos_token_id)]))
+        check(out, t5.config.eos_token_id)
+    return {"unio_lean": lean, "t5": t5_gen}
+
+
 def beam_fn(model, kwargs, new_tokens, autocast, beams: int = 3):
     model.eval()
 
@@ -223,6 +270,8 @@ def bench_preset(preset, args, device, dtype, autocast):
         "unio_lean": lean_fn(unio, unio_in, args.new_tokens, autocast),
         "t5": generate_fn(t5, t5_in, args.new_tokens, autocast),
     }, max(1, args.warmup // 2), args.repeats, device)
+    mixed_gen = interleaved_times(mixed_gen_fns(unio, t5, unio_in, t5_in, args.new_tokens, autocast),
+                                  max(1, args.warmup // 2), args.repeats, device)
     beam = interleaved_times({
         "unio": beam_fn(unio, unio_in, args.new_tokens, autocast),
         "t5": beam_fn(t5, t5_in, args.new_tokens, autocast),
@@ -241,6 +290,8 @@ def bench_preset(preset, args, device, dtype, autocast):
         "t5_generate_s": med(gen["t5"]),
         "generate_speedup_vs_t5": med(t / u for t, u in zip(gen["t5"], gen["unio"])),
         "lean_generate_speedup_vs_t5": med(t / u for t, u in zip(gen["t5"], gen["unio_lean"])),
+        "unio_lean_generate_mixed_s": med(mixed_gen["unio_lean"]), "t5_generate_mixed_s": med(mixed_gen["t5"]),
+        "lean_generate_mixed_speedup_vs_t5": med(t / u for t, u in zip(mixed_gen["t5"], mixed_gen["unio_lean"])),
         **({"unio_beam3_s": med(beam["unio"]), "t5_beam3_s": med(beam["t5"]),
             "beam3_speedup_vs_t5": med(t / u for t, u in zip(beam["t5"], beam["unio"]))} if beam else {}),
         "peak_matmul_flops_per_s": med(peak),
@@ -356,7 +407,8 @@ def main(argv=None):
                 ("train step (mixed; T5 padded to 72)", r["unio_train_mixed_step_s"], r["t5_train_mixed_step_s"]),
                 ("train step (mixed; T5 to longest)", r["unio_train_mixed_step_s"], r["t5_train_mixed_longest_step_s"]),
                 ("greedy: generate() both", r["unio_generate_s"], r["t5_generate_s"]),
-                ("greedy: unio's loop vs T5 generate()", r["unio_lean_generate_s"], r["t5_generate_s"])]
+                ("greedy: unio's loop vs T5 generate()", r["unio_lean_generate_s"], r["t5_generate_s"]),
+                ("greedy, mixed lengths: loop vs T5", r["unio_lean_generate_mixed_s"], r["t5_generate_mixed_s"])]
         if "unio_beam3_s" in r:
             rows.append(("beam 3: generate() both", r["unio_beam3_s"], r["t5_beam3_s"]))
         for name, u, t in rows:
@@ -364,7 +416,9 @@ def main(argv=None):
         print(f"{preset:7s} {'params / peak matmul / MFU':34s} {r['params_unio'] / 1e6:7.1f}M "
               f"{r['peak_matmul_flops_per_s'] / 1e9:6.1f} GF/s {100 * r['mfu']:5.1f}%")
     print("(medians over interleaved repeats; 't5 / unio' is the speed-up of unio: unio's mixed row computes logits "
-          "only at targets and groups the decoder by target length, which T5 does not get)")
+          "only at targets and groups the decoder by target length, which T5 does not get; in the mixed-lengths "
+          "generation rows end at MIXED_LENGTHS on both sides and unio's ended rows leave the batch, while T5's "
+          "generate() decodes them as padding until the longest ends)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "presets": results}, indent=2))
