@@ -1,6 +1,6 @@
 """unio against a ViT and a small CNN on Fashion-MNIST classification, the same CPU minutes each.
 
-    python benchmarks/fashion_peer.py                       # 10 min of training per arm, ~40 min in all
+    python benchmarks/fashion_peer.py --minutes 12          # results/fashion_peer.json: 8.8 min per arm, 40 min in all
     python benchmarks/fashion_peer.py --minutes 2 --eval-n 1000 --out /tmp/peer.json
 
 Data: the official Fashion-MNIST split (Xiao, Rasul & Vollgraf 2017; ``apt-get install
@@ -13,7 +13,8 @@ on the test images: every setting is fixed above, the same for all arms.
 - unio: ``unio train`` from scratch (no ``model.init``) of a model of shapes-demo's shape (d_model
   192, 3 encoder and 3 decoder layers, 32 px images in 4 px patches) on the ``classify`` task: the
   prompt asks for the class, the model writes its name. It trains for --unio-steps steps (default:
-  what --minutes allow at the step time of a 30-step probe); its wall time, process start and
+  what --minutes allow at the step time of a 30-step probe, whose start-up makes it an over-estimate:
+  --minutes 12 gave 596 steps in 8.8 min); its wall time, process start and
   DeepSpeed set-up included, is the budget of the other arms. Evaluated through ``unio.evaluate``
   (trie-constrained decoding over the ten names).
 - ViT: transformers' ``ViTForImageClassification``, 32 px in 4 px patches, hidden 192, 3 heads, MLP
