@@ -26,7 +26,7 @@ from .model.decoding import LiveBatch
 from .tasks import get_task
 from .tasks.constraints import RowSegments
 
-__all__ = ["run_many", "shares_decoding", "lean", "LEAN_OPTIONS", "Stream"]
+__all__ = ["run_many", "shares_decoding", "lean", "LEAN_OPTIONS", "Stream", "Parse"]
 
 IDLE_STEPS = 4  # a Stream's free slots stay this many steps for a newcomer before the batch is compacted
 LEAN_OPTIONS = frozenset({"max_new_tokens", "do_sample", "num_beams"})  # what greedy_decode runs; else generate()
@@ -130,6 +130,18 @@ def _shareable(pipe, task, options: dict, kw: dict) -> bool:
 
 
 
+class Parse:
+    """A request's answer still to be read from its tokens (``Stream(parse_later=True)``): call it,
+    in any thread, for the result or the exception its reading raised."""
+
+    def __init__(self, fn, live):
+        self.fn, self.live = fn, live
+
+    def __call__(self):
+        with torch.inference_mode():
+            return self.fn(self.live)
+
+
 @dataclass(eq=False)
 class _Live:
     """A request in a :class:`Stream`: its plan, its processors and its rows' decoding so far."""
@@ -151,13 +163,15 @@ class Stream:
     then call :meth:`step` while :attr:`busy`: each call lets waiting requests join (up to
     ``max_rows`` rows in the batch; one encoder call for all that join), decodes one token for
     every row, and returns ``(handle, result)`` for each request that ended (its result, or the
-    exception its answer raised). Each answer is the one ``pipe.run`` gives the request alone (the
-    processors of a request see its own rows only, at its own step). Torch models only."""
+    exception its answer raised; with ``parse_later``, a :class:`Parse` to call for it, so that a
+    server reads answers, e.g. decodes a depth map's codes, beside the next steps). Each answer is
+    the one ``pipe.run`` gives the request alone (the processors of a request see its own rows only,
+    at its own step). Torch models only."""
 
-    def __init__(self, pipe, max_rows: int = 16):
+    def __init__(self, pipe, max_rows: int = 16, parse_later: bool = False):
         if getattr(pipe.model, "decode_steps", None) is not None:
             raise UnioError("a Stream decodes with the torch model; this pipeline runs another backend")
-        self.pipe, self.max_rows = pipe, max(1, int(max_rows))
+        self.pipe, self.max_rows, self.parse_later = pipe, max(1, int(max_rows)), parse_later
         self.waiting: deque[_Live] = deque()
         self.live: list[_Live] = []
         self.batch: LiveBatch | None = None
@@ -229,7 +243,7 @@ class Stream:
             r.unfinished = r.unfinished & (ids != vocab.eos_id).long()
             if not bool(r.unfinished.any()) or r.sequences.shape[1] > r.plan.limit:
                 batch.release(r.slots[r.going])
-                done.append((r.handle, self._answer(r)))
+                done.append((r.handle, Parse(self._answer, r) if self.parse_later else self._answer(r)))
                 continue
             still = r.unfinished[r.going].bool()
             if not bool(still.all()):

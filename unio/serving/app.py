@@ -221,7 +221,7 @@ class _State:
         """In the worker thread: the stream step batching decodes in (None: this backend cannot step)."""
         if getattr(self.pipe.model, "decode_steps", None) is not None:
             return None
-        return Stream(self.pipe, max_rows=self.limits.max_batch)
+        return Stream(self.pipe, max_rows=self.limits.max_batch, parse_later=True)
 
     def joins(self, job: Job) -> bool:
         return self.pipe.shares_decoding(job.task, job.options)

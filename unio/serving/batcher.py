@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..batching import Parse
+
 __all__ = ["Job", "Batcher", "StepBatcher", "QueueFull", "MIXED"]
 
 MIXED = "mixed"  # the pool of requests that can share a model call with any task's
@@ -206,6 +208,8 @@ class StepBatcher:
         self.make_stream, self.joins, self.run_batch = stream, joins, run_batch
         self.max_batch, self.max_queue, self.on_batch = int(max_batch), int(max_queue), on_batch
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unio-serve-worker")
+        # answers are read from their tokens (a depth map's codes decoded ...) beside the next steps
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unio-serve-reader")
         self.batch_sizes: deque[int] = deque(maxlen=10_000)
         self.running = 0
         self._queue: deque[Job] = deque()   # arrived, not yet taken by the worker
@@ -240,6 +244,7 @@ class StepBatcher:
         for job in jobs:
             job.future.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.reader.shutdown(wait=False, cancel_futures=True)
 
     def call(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -298,12 +303,18 @@ class StepBatcher:
                 self.batch_sizes.append(rows)
             for job, out in done:
                 live.pop(id(job), None)
-                self._answer(job, out)
+                if isinstance(out, Parse):
+                    self.reader.submit(self._read, job, out)
+                else:
+                    self._answer(job, out)
             if self._stream is None:
                 live.clear()
 
     def _answer(self, job: Job, out) -> None:
         self._loop.call_soon_threadsafe(_settle, job.future, out)
+
+    def _read(self, job: Job, parse) -> None:
+        self._answer(job, parse())  # Stream answers exceptions as outcomes
 
 
 def _settle(future: asyncio.Future, out) -> None:
