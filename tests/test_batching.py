@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unio.batching import Stream
+from unio.batching import Parse, Stream
 from unio.data.shapes import ShapesWorld
 from unio.errors import InputError
 from unio.model import decoding
@@ -164,6 +164,18 @@ def test_a_dropped_request_leaves_and_the_others_answer(pipe, images):
     assert got[1] == pipe.caption(images[1])
     assert np.abs(got[2] - pipe.depth(images[2])).max() < 1e-4
     assert stream.batch is None                 # an idle stream holds no cache
+
+
+def test_a_stream_can_leave_the_reading_of_answers_to_its_caller(pipe, images):
+    stream = Stream(pipe, parse_later=True)     # the server reads answers in another thread
+    stream.add({"task": "caption", "image": images[0]}, handle=0)
+    stream.add({"task": "depth", "image": images[1]}, handle=1)
+    got = {}
+    while stream.busy:
+        got.update(stream.step())
+    assert all(isinstance(p, Parse) for p in got.values())
+    assert got[0]() == pipe.caption(images[0])
+    assert np.abs(got[1]() - pipe.depth(images[1])).max() < 1e-4
 
 
 def test_a_stream_takes_greedy_requests_only_and_checks_them_first(pipe, images):
