@@ -1,5 +1,7 @@
-"""Dynamic batching: requests arriving within a short window share one model call, made in one
-worker thread so that the event loop stays free. Requests batch with those of their ``pool``:
+"""Dynamic batching, in one worker thread so that the event loop stays free. Two schedulers:
+:class:`StepBatcher` (``unio serve``'s default: requests join the decoding batch at any step, see
+its doc) and :class:`Batcher`, described here: requests arriving within a short window share one
+model call. Requests batch with those of their ``pool``:
 their own task and options, or (``unio serve --mix-tasks``) :data:`MIXED`, the pool of every
 greedy request whatever its task (the pipeline decodes such a batch together:
 :meth:`unio.pipeline.Pipeline.run_many`).
