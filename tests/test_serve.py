@@ -351,6 +351,32 @@ def test_step_batching_drops_a_request_whose_client_goes_away_mid_decoding(demo,
     assert 'unio_requests_total{task="depth",status="499"} 1' in metrics.text
 
 
+def test_step_batching_survives_a_failing_step(micro, images, monkeypatch):
+    """The model fails in one decoding step: the requests in that step get a 500 each, and the
+    next request decodes in a fresh batch as if nothing had happened."""
+    from unio.model import decoding
+
+    step, failed = decoding.LiveBatch.step, []
+
+    def once(self, last_ids):
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("a broken kernel")
+        return step(self, last_ids)
+
+    monkeypatch.setattr(decoding.LiveBatch, "step", once)
+    app = create_app(micro, max_batch=4)
+    data = png(images[0]["image"])
+
+    async def body(c):
+        first = await c.post("/v1/caption", files={"image": ("a.png", data)})
+        return first, await c.post("/v1/caption", files={"image": ("a.png", data)})
+
+    first, second = serve(app, body)
+    assert first.status_code == 500 and "RuntimeError" in first.json()["error"]
+    assert second.status_code == 200 and second.json()["text"] == micro.caption(images[0]["image"])
+
+
 # ---------------------------------------------------------------------- limits
 def test_a_full_queue_answers_429_and_a_slow_model_504(micro, images):
     gated = Gated(micro)
