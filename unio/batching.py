@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import InputError, UnioError
-from .model.decoding import LiveBatch
+from .model.decoding import LiveBatch, next_tokens, spread, until_end
 from .tasks import get_task
 from .tasks.constraints import RowSegments
 
@@ -169,7 +169,7 @@ class Stream:
     at its own step). Torch models only."""
 
     def __init__(self, pipe, max_rows: int = 16, parse_later: bool = False):
-        if getattr(pipe.model, "decode_steps", None) is not None:
+        if not self.runs_on(pipe):
             raise UnioError("a Stream decodes with the torch model; this pipeline runs another backend")
         self.pipe, self.max_rows, self.parse_later = pipe, max(1, int(max_rows)), parse_later
         self.waiting: deque[_Live] = deque()
@@ -177,6 +177,11 @@ class Stream:
         self.batch: LiveBatch | None = None
         self.decoded, self.decoded_tasks = 0, []  # rows the last step decoded, and their tasks
         self._idle = 0
+
+    @staticmethod
+    def runs_on(pipe) -> bool:
+        """Whether ``pipe``'s network can decode in a Stream (the torch model; not another backend's steps)."""
+        return getattr(pipe.model, "decode_steps", None) is None
 
     @property
     def busy(self) -> bool:
@@ -225,22 +230,15 @@ class Stream:
         stay = []
         for r in self.live:
             part = logits[r.slots[r.going]]
-            if len(r.going) < len(r.sequences):  # finished rows: zeros, as decode() gives them to the processors
-                full = part.new_zeros(len(r.sequences), part.shape[-1])
-                full[r.going] = part
-            else:
-                full = part
-            processed = full
-            for proc in r.processors:
-                processed = proc(r.sequences, processed)
-            ids = processed.argmax(-1)
+            # ended rows get zeros, as decode() gives them to the processors
+            full = spread(part, r.going, len(r.sequences)) if len(r.going) < len(r.sequences) else part
+            _, ids, lp, raw, r.unfinished = next_tokens(
+                r.sequences, full, r.processors, r.unfinished, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id,
+                want_scores=r.plan.task.needs_scores)
             if r.plan.task.needs_scores:
-                alive = r.unfinished.nonzero()[:, 0]
-                r.lps.append(_chosen(processed, ids, alive))
-                r.raws.append(_chosen(full, ids, alive))
-            ids = ids * r.unfinished + vocab.pad_id * (1 - r.unfinished)
+                r.lps.append(lp)
+                r.raws.append(raw)
             r.sequences = torch.cat([r.sequences, ids[:, None]], dim=-1)
-            r.unfinished = r.unfinished & (ids != vocab.eos_id).long()
             if not bool(r.unfinished.any()) or r.sequences.shape[1] > r.plan.limit:
                 batch.release(r.slots[r.going])
                 done.append((r.handle, Parse(self._answer, r) if self.parse_later else self._answer(r)))
@@ -304,18 +302,8 @@ class Stream:
     def _answer(self, r: _Live):
         """(result or exception) of a request whose rows have all ended."""
         try:
-            vocab, outs = self.pipe.ctx.vocab, []
-            lp = torch.stack(r.lps, 1).float().tolist() if r.lps else None
-            raw = torch.stack(r.raws, 1).float().tolist() if r.raws else None
-            for i, row in enumerate(r.sequences[:, 1:].tolist()):
-                n = row.index(vocab.eos_id) + 1 if vocab.eos_id in row else len(row)
-                outs.append((row[:n], lp[i][:n] if lp else None, raw[i][:n] if raw else None))
-            return r.plan.answer(self.pipe, outs if r.plan.task.needs_scores else [(o[0], None, None) for o in outs])
+            lp = torch.stack(r.lps, 1) if r.lps else None
+            raw = torch.stack(r.raws, 1) if r.raws else None
+            return r.plan.answer(self.pipe, until_end(r.sequences[:, 1:], lp, raw, self.pipe.ctx.vocab.eos_id))
         except Exception as exc:
             return exc
-
-
-def _chosen(scores: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    out = scores.new_zeros(scores.shape[0])
-    out[rows] = torch.log_softmax(scores[rows], -1).gather(1, ids[rows, None])[:, 0]
-    return out

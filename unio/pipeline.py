@@ -24,7 +24,7 @@ from . import export
 from .export import export_path, load_export
 from .backends.ort import load_onnx_export
 from .images import letterbox, load_image
-from .model.decoding import greedy_decode
+from .model.decoding import greedy_decode, until_end
 from .tasks import Box, Detection, Example, Label, TaskContext, get_task, task_names
 from .tasks.constraints import AllowedIdsProcessor
 from .batching import lean, run_many, shares_decoding
@@ -426,21 +426,14 @@ class Pipeline:
                 **self._collate(examples), logits_processor=LogitsProcessorList(processors), **special,
                 return_dict_in_generate=True, output_scores=want_scores, output_logits=want_scores, **kw)
             beams = getattr(out, "beam_indices", None)
-        seqs = out.sequences[:, 1:]  # drop the decoder start id
         lp = raw = None
         if want_scores and beams is None and getattr(out, "logprobs", None) is not None:  # the lean loop's
-            lp, raw = out.logprobs.float().cpu().tolist(), out.raw_logprobs.float().cpu().tolist()
+            lp, raw = out.logprobs, out.raw_logprobs
         elif want_scores:
             lp = self.model.compute_transition_scores(out.sequences, out.scores, beams, normalize_logits=True)
             raw = self.model.compute_transition_scores(out.sequences, out.logits, beams, normalize_logits=True)
-            lp, raw = lp.float().cpu().tolist(), raw.float().cpu().tolist()
-        results = []
-        for r, row in enumerate(seqs.cpu().tolist()[: len(examples)]):
-            if limits is not None:
-                row = row[: limits[r]]
-            n = row.index(vocab.eos_id) + 1 if vocab.eos_id in row else len(row)
-            results.append((row[:n], lp[r][:n] if lp else None, raw[r][:n] if raw else None))
-        return results
+        # the decoder start id dropped
+        return until_end(out.sequences[: len(examples), 1:], lp, raw, vocab.eos_id, limits)
 
     def _runs(self, ids, info) -> list[Run]:
         ctx = self.ctx

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StaticCache", "TorchSteps", "LiveBatch", "greedy_decode", "decode", "Decoded"]
+__all__ = ["StaticCache", "TorchSteps", "LiveBatch", "greedy_decode", "decode", "Decoded", "next_tokens",
+           "spread", "until_end"]
 
 
 class _Self:
@@ -120,10 +121,7 @@ class TorchSteps:
         self.batch, self.device = self.states.shape[0], self.states.device
         self.cache = StaticCache(config, self.batch, max_new_tokens, self.states.dtype, self.device)
         self.weight = model.shared.weight
-        self.bias = None
-        if config.used_vocab_size < config.vocab_size:  # padding ids are never predicted (as forward does)
-            self.bias = self.weight.new_zeros(config.vocab_size)
-            self.bias[config.used_vocab_size:] = float("-inf")
+        self.bias = _output_bias(config, self.weight)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only ``rows`` (indices into the current batch) go on: later calls take and give those rows."""
@@ -173,29 +171,17 @@ def decode(steps, *, max_new_tokens: int, logits_processor=(), eos_token_id: int
     compact = hasattr(steps, "keep")
     going = torch.arange(B, device=device)  # the rows in the network's batch, in order
     for _ in range(max_new_tokens):
-        if len(going) < B:
-            part = steps(sequences[going, -1:])
-            logits = part.new_zeros(B, part.shape[-1])
-            logits[going] = part
-        else:
-            logits = steps(sequences[:, -1:])
-        processed = logits
-        for processor in logits_processor:
-            processed = processor(sequences, processed)
+        logits = spread(steps(sequences[going, -1:]), going, B) if len(going) < B else steps(sequences[:, -1:])
+        processed, next_ids, lp, raw_lp, unfinished = next_tokens(
+            sequences, logits, logits_processor, unfinished, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            want_scores=want_scores, do_sample=do_sample, generator=generator)
         if want_scores and keep_scores:
             scores.append(processed)
             raw.append(logits)
-        if do_sample:
-            next_ids = torch.multinomial(torch.softmax(processed, dim=-1), 1, generator=generator)[:, 0]
-        else:
-            next_ids = processed.argmax(-1)
-        if want_scores:  # the written ids' log-probabilities, for the rows still going only
-            rows = unfinished.nonzero()[:, 0]
-            lps.append(_chosen_logprob(processed, next_ids, rows))
-            raw_lps.append(_chosen_logprob(logits, next_ids, rows))
-        next_ids = next_ids * unfinished + pad_token_id * (1 - unfinished)
+        if want_scores:
+            lps.append(lp)
+            raw_lps.append(raw_lp)
         sequences = torch.cat([sequences, next_ids[:, None]], dim=-1)
-        unfinished = unfinished & (next_ids != eos_token_id).long()
         if unfinished.max() == 0:
             break
         if compact:
@@ -206,6 +192,59 @@ def decode(steps, *, max_new_tokens: int, logits_processor=(), eos_token_id: int
     keep = want_scores and keep_scores
     return Decoded(sequences, tuple(scores) if keep else None, tuple(raw) if keep else None,
                    torch.stack(lps, 1) if want_scores else None, torch.stack(raw_lps, 1) if want_scores else None)
+
+
+def spread(part: torch.Tensor, going: torch.Tensor, rows: int) -> torch.Tensor:
+    """(rows, V) logits: ``part``'s at ``going``, zeros for the rows that have ended."""
+    full = part.new_zeros(rows, part.shape[-1])
+    full[going] = part
+    return full
+
+
+def next_tokens(sequences, logits, processors, unfinished, *, eos_token_id: int, pad_token_id: int,
+                want_scores: bool = False, do_sample: bool = False, generator=None):
+    """One step's choice for rows ``sequences`` (B, t) given their next-token ``logits`` (B, V):
+    the processors, then the argmax (or, with ``do_sample``, a draw from the softmax), ended rows
+    writing ``pad_token_id``. -> (processed scores, written ids (B,), with ``want_scores`` the
+    written ids' log-probabilities under the processed scores and under the logits (0 for ended
+    rows; else None, None), the rows still unfinished after this step)."""
+    processed = logits
+    for processor in processors:
+        processed = processor(sequences, processed)
+    if do_sample:
+        ids = torch.multinomial(torch.softmax(processed, dim=-1), 1, generator=generator)[:, 0]
+    else:
+        ids = processed.argmax(-1)
+    lp = raw = None
+    if want_scores:  # for the rows still going only
+        rows = unfinished.nonzero()[:, 0]
+        lp, raw = _chosen_logprob(processed, ids, rows), _chosen_logprob(logits, ids, rows)
+    ids = ids * unfinished + pad_token_id * (1 - unfinished)
+    return processed, ids, lp, raw, unfinished & (ids != eos_token_id).long()
+
+
+def until_end(sequences: torch.Tensor, logprobs, raw_logprobs, eos_token_id: int, limits=None) -> list:
+    """Per row of ``sequences`` (B, steps; the start id dropped): (its ids up to and with the end
+    token, its log-probabilities, its raw log-probabilities) as lists (None where not given);
+    ``limits``: each row's own token budget, applied first."""
+    lp = logprobs.float().cpu().tolist() if torch.is_tensor(logprobs) else logprobs
+    raw = raw_logprobs.float().cpu().tolist() if torch.is_tensor(raw_logprobs) else raw_logprobs
+    out = []
+    for r, row in enumerate(sequences.cpu().tolist()):
+        if limits is not None:
+            row = row[: limits[r]]
+        n = row.index(eos_token_id) + 1 if eos_token_id in row else len(row)
+        out.append((row[:n], lp[r][:n] if lp else None, raw[r][:n] if raw else None))
+    return out
+
+
+def _output_bias(config, weight: torch.Tensor):
+    """-inf on the padding ids past ``used_vocab_size`` (never predicted, as forward does), else None."""
+    if config.used_vocab_size >= config.vocab_size:
+        return None
+    bias = weight.new_zeros(config.vocab_size)
+    bias[config.used_vocab_size:] = float("-inf")
+    return bias
 
 
 def _chosen_logprob(scores: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -252,7 +291,7 @@ class LiveBatch:
     def __init__(self, model):
         config = model.config
         p = model.shared.weight
-        self.model, self.weight, self.device = model, p, p.device
+        self.model, self.weight = model, p
         self.layers = [layer.cross_attn for layer in model.decoder.layers]
         self.self_attention_cache = _RowSelf(config.decoder_layers, config.num_heads, config.head_dim, p.dtype,
                                              p.device)
@@ -263,10 +302,7 @@ class LiveBatch:
         self.is_updated = {i: True for i in range(config.decoder_layers)}  # cross keys are computed at join
         self.enc_mask = torch.zeros(0, 0, dtype=torch.bool, device=p.device)
         self.active = torch.zeros(0, dtype=torch.bool, device=p.device)
-        self.bias = None
-        if config.used_vocab_size < config.vocab_size:
-            self.bias = p.new_zeros(config.vocab_size)
-            self.bias[config.used_vocab_size:] = float("-inf")
+        self.bias = _output_bias(config, p)
 
     @property
     def slots(self) -> int:
@@ -280,9 +316,6 @@ class LiveBatch:
     @property
     def row_positions(self) -> torch.Tensor:
         return self.self_attention_cache.positions
-
-    def get_seq_length(self) -> int:
-        return self.self_attention_cache.end
 
     def self_mask(self):
         """(S, 1, 1, end) keys each slot may read; None when every slot is at the same position."""

@@ -219,9 +219,7 @@ class _State:
 
     def stream(self):
         """In the worker thread: the stream step batching decodes in (None: this backend cannot step)."""
-        if getattr(self.pipe.model, "decode_steps", None) is not None:
-            return None
-        return Stream(self.pipe, max_rows=self.limits.max_batch, parse_later=True)
+        return Stream(self.pipe, max_rows=self.limits.max_batch, parse_later=True) if Stream.runs_on(self.pipe) else None
 
     def joins(self, job: Job) -> bool:
         return self.pipe.shares_decoding(job.task, job.options)
@@ -245,8 +243,7 @@ class _State:
 
     def _run(self, jobs: list[Job]) -> list:
         if any(j.key != jobs[0].key for j in jobs):
-            return self.pipe.run_many([{"task": j.task, "image": j.image, **j.inputs, **j.options} for j in jobs],
-                                      batch_size=len(jobs))
+            return self.pipe.run_many([j.request() for j in jobs], batch_size=len(jobs))
         task = get_task(jobs[0].task)
         images = [j.image for j in jobs] if task.needs_image else None
         inputs = {name: [j.inputs[name] for j in jobs] for name in task.inputs}

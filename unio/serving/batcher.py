@@ -57,6 +57,10 @@ class Job:
         if self.pool is None:
             self.pool = self.key
 
+    def request(self) -> dict:
+        """The request as ``pipe.run_many`` and a Stream take it."""
+        return {"task": self.task, "image": self.image, **self.inputs, **self.options}
+
 
 class Batcher:
     """Queue + scheduler + one worker thread. Use :meth:`submit` from the event loop."""
@@ -170,12 +174,7 @@ class Batcher:
         if self.on_batch is not None:  # the tasks the call served, its size, its time
             self.on_batch(list(dict.fromkeys(j.task for j in jobs)), len(jobs), time.monotonic() - t0)
         for job, out in zip(jobs, outcomes):
-            if job.future.done():   # its caller gave up (timeout, disconnect): drop its answer only
-                continue
-            if isinstance(out, BaseException):
-                job.future.set_exception(out)
-            else:
-                job.future.set_result(out)
+            _settle(job.future, out)
 
 
 def _outcomes(run_batch, jobs: list[Job]) -> list:
@@ -254,7 +253,7 @@ class StepBatcher:
     # -- the worker thread
     def _drain(self) -> None:
         """Take arrivals, step the stream, answer, until nothing is left to do."""
-        live: dict[int, Job] = {}
+        live: set[Job] = set()  # jobs in the stream (Job hashes by identity)
         while True:
             with self._lock:
                 arrived, self._queue = list(self._queue), deque()
@@ -277,16 +276,16 @@ class StepBatcher:
                     own.append(job)
                     continue
                 try:
-                    stream.add(_request(job), handle=job)
-                    live[id(job)] = job
+                    stream.add(job.request(), handle=job)
+                    live.add(job)
                 except Exception as exc:
                     self._answer(job, exc)
             for group in _groups(own):  # the others: a batch per task and options, between two steps
                 for job, out in zip(group, _outcomes(self.run_batch, group)):
                     self._answer(job, out)
-            for job in [j for j in live.values() if j.future.done()]:  # callers that gave up
+            for job in [j for j in live if j.future.done()]:  # callers that gave up
                 stream.drop(job)
-                live.pop(id(job))
+                live.discard(job)
             if stream is None or not stream.busy:
                 continue
             self.running = stream.rows
@@ -294,7 +293,7 @@ class StepBatcher:
             try:
                 done = stream.step()
             except Exception as exc:  # the model itself failed: every request in it gets the error
-                done = [(job, exc) for job in live.values()]
+                done = [(job, exc) for job in live]
                 self._stream = None
             self.running = 0
             rows = stream.decoded
@@ -304,7 +303,7 @@ class StepBatcher:
             if rows:
                 self.batch_sizes.append(rows)
             for job, out in done:
-                live.pop(id(job), None)
+                live.discard(job)
                 if isinstance(out, Parse):
                     self.reader.submit(self._read, job, out)
                 else:
@@ -326,10 +325,6 @@ def _settle(future: asyncio.Future, out) -> None:
         future.set_exception(out)
     else:
         future.set_result(out)
-
-
-def _request(job: Job) -> dict:
-    return {"task": job.task, "image": job.image, **job.inputs, **job.options}
 
 
 def _groups(jobs: list[Job]) -> list[list[Job]]:
